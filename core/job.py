@@ -1,0 +1,698 @@
+"""The job behaviour: one job's blocks and tasks, their states, dependencies, retries and user actions.
+
+A job owns its tasks. It tells the solver what it needs (``JobOpened``) and how many tasks of each block
+may be dispatched now (``BlockReady``, sent only when that number differs from what the solver already
+believes); it answers a ``Dispatch`` by marking its next ready task (in the block's order) running and
+sending ``Assign`` to the render. Reports from workers move tasks on; a report of an old attempt (a run
+replaced after its render was lost, or killed by a restart) only closes that run and frees its capacity.
+
+Task states: waiting (dependencies, job dependencies, wait-until), ready, running, done, error (after
+``retries + 1`` failed runs), skipped. Dependencies are met by done or skipped.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .frames import TaskFrames, block_tasks, frame_dependencies, task_order
+from .messages import (
+    ActionDone,
+    ActionRefused,
+    Assign,
+    AvoidRender,
+    BlockNeeds,
+    BlockReady,
+    Dispatch,
+    DispatchDeclined,
+    JobAction,
+    JobClosed,
+    JobDependencyMet,
+    JobOpened,
+    JobStateChanged,
+    JobUpdated,
+    KillRun,
+    Message,
+    ReclaimRun,
+    RunClaimed,
+    RunEnded,
+    RunLost,
+    RunRecord,
+    StartJob,
+    TaskFinished,
+    TaskProgress,
+    TaskStarted,
+    Tick,
+)
+from .runtime import EVENTS, REGISTRY, SOLVER, Context, render_address
+from .spec import BlockSpec, JobSpec, format_command
+
+WAITING, READY, RUNNING, DONE, ERROR, SKIPPED = range(6)
+STATE_NAMES = ("waiting", "ready", "running", "done", "error", "skipped")
+OUTPUT_LINES_KEPT = 50
+ACTIONS = ("pause", "resume", "delete", "restart", "skip", "priority")
+
+
+class Task:
+    """One task's mutable state inside its job."""
+
+    __slots__ = (
+        "attempt",
+        "failures",
+        "frames",
+        "index",
+        "output",
+        "percent",
+        "rank",
+        "ready_time",
+        "render",
+        "run_id",
+        "start_time",
+        "state",
+        "unmet",
+    )
+
+    def __init__(self, index: int, frames: TaskFrames, rank: int) -> None:
+        self.index = index
+        self.frames = frames
+        self.rank = rank
+        self.state = WAITING
+        self.attempt = 0
+        self.failures = 0
+        self.unmet = 0
+        self.ready_time = 0.0
+        self.start_time = 0.0
+        self.run_id = 0
+        self.render = ""
+        self.percent = -1
+        self.output: tuple[str, ...] = ()
+
+    @property
+    def state_name(self) -> str:
+        """The state as the contract names it."""
+        return STATE_NAMES[self.state]
+
+    @property
+    def frames_text(self) -> str:
+        """The frames the task covers, as ``first-last`` (or one frame, or empty)."""
+        first, last = self.frames.first, self.frames.last
+        if first is None:
+            return ""
+        return str(first) if last is None or last == first else f"{first}-{last}"
+
+
+class Block:
+    """One block's tasks plus its dependency bookkeeping and its ready queue."""
+
+    __slots__ = (
+        "avoided",
+        "blocked",
+        "down_blocks",
+        "frame_down",
+        "handled",
+        "heap",
+        "index",
+        "ready",
+        "render_failures",
+        "reported",
+        "reported_handled",
+        "running",
+        "spec",
+        "tasks",
+        "unfinished",
+    )
+
+    def __init__(self, index: int, spec: BlockSpec) -> None:
+        self.index = index
+        self.spec = spec
+        frames = block_tasks(spec)
+        order = task_order(len(frames), spec.order)
+        ranks = [0] * len(frames)
+        for position, task_index in enumerate(order):
+            ranks[task_index] = position
+        self.tasks = [Task(i, f, ranks[i]) for i, f in enumerate(frames)]
+        self.heap: list[tuple[int, int]] = []
+        self.ready = 0
+        self.running = 0
+        self.unfinished = len(self.tasks)
+        self.blocked = 0  # whole-block upstreams not yet finished
+        self.down_blocks: list[int] = []
+        self.frame_down: list[list[tuple[int, int]]] = [[] for _ in self.tasks]
+        self.handled = 0
+        self.reported = 0
+        self.reported_handled = 0
+        self.render_failures: dict[str, int] = {}
+        self.avoided: set[str] = set()
+
+
+class LiveRun:
+    """A run this job started and has not yet seen end: enough to record it when it does."""
+
+    __slots__ = ("attempt", "block", "render", "start_time", "task")
+
+    def __init__(self, block: int, task: int, attempt: int, render: str, start_time: float) -> None:
+        self.block = block
+        self.task = task
+        self.attempt = attempt
+        self.render = render
+        self.start_time = start_time
+
+
+class JobBehaviour:
+    """The behaviour that owns one job (hosted by a JobActor in production)."""
+
+    def __init__(self, job_id: int, spec: JobSpec, user: str, submit_time: float) -> None:
+        self.job_id = job_id
+        self.spec = spec
+        self.user = user
+        self.submit_time = submit_time
+        self.priority = spec.priority
+        self.paused = spec.paused
+        self.deleted = False
+        self.started = False
+        self.waits_on: set[int] = set()
+        self.time_gate = False
+        self.state = "active"
+        self.running = 0
+        self.finished_tasks = 0  # done or skipped
+        self.error_tasks = 0
+        self.blocks = [Block(i, b) for i, b in enumerate(spec.blocks)]
+        self.total_tasks = sum(len(b.tasks) for b in self.blocks)
+        self.live: dict[int, LiveRun] = {}
+        self._wire_dependencies()
+        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+            Dispatch: self._on_dispatch,
+            TaskStarted: self._on_started,
+            TaskProgress: self._on_progress,
+            TaskFinished: self._on_finished,
+            RunLost: self._on_lost,
+            ReclaimRun: self._on_reclaim,
+            StartJob: self._on_start,
+            JobDependencyMet: self._on_dependency_met,
+            JobAction: self._on_action,
+            Tick: self._on_tick,
+        }
+
+    # ---------------------------------------------------------------------------------------- setup
+    def _wire_dependencies(self) -> None:
+        by_name = {b.spec.name: b for b in self.blocks}
+        for block in self.blocks:
+            for name in block.spec.depends_on:
+                upstream = by_name[name]
+                upstream.down_blocks.append(block.index)
+                block.blocked += 1
+            for name in block.spec.depends_on_frames:
+                upstream = by_name[name]
+                deps = frame_dependencies([t.frames for t in upstream.tasks], [t.frames for t in block.tasks])
+                for j, ups in enumerate(deps):
+                    block.tasks[j].unmet += len(ups)
+                    for i in ups:
+                        upstream.frame_down[i].append((block.index, j))
+
+    def handle(self, message: Message, ctx: Context) -> None:
+        """React to one message (unknown kinds are ignored)."""
+        handler = self._handlers.get(type(message))
+        if handler is not None:
+            handler(message, ctx)
+
+    def _on_start(self, msg: StartJob, ctx: Context) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.waits_on = set(msg.waits_on)
+        wait_until = self.spec.wait_until
+        if wait_until is not None and wait_until > ctx.now:
+            self.time_gate = True
+            ctx.set_timer("wait_until", wait_until, Tick(ctx.next_id(), "wait_until"))
+        ctx.send(
+            SOLVER,
+            JobOpened(
+                ctx.next_id(),
+                self.job_id,
+                self.user,
+                self.priority,
+                self.submit_time,
+                tuple(self._needs(b) for b in self.blocks),
+                self.paused,
+                self.spec.max_running_tasks_per_render,
+            ),
+        )
+        self._release_ready(self.blocks, ctx)
+
+    @staticmethod
+    def _needs(block: Block) -> BlockNeeds:
+        s = block.spec
+        return BlockNeeds(
+            block.index, s.capacity, s.memory_mb, s.tags, s.hosts_mask, s.hosts_exclude,
+            s.max_running_tasks_per_render,
+        )
+
+    # ---------------------------------------------------------------------------------------- readiness
+    @property
+    def gated(self) -> bool:
+        """Whether the whole job still waits (on other jobs or on its start time)."""
+        return bool(self.waits_on) or self.time_gate
+
+    def _can_run(self, block: Block, task: Task) -> bool:
+        return task.unmet == 0 and block.blocked == 0 and not self.gated
+
+    def _make_ready(self, block: Block, task: Task, now: float) -> None:
+        task.state = READY
+        task.ready_time = now
+        block.ready += 1
+        heapq.heappush(block.heap, (task.rank, task.index))
+
+    def _make_waiting(self, block: Block, task: Task) -> None:
+        if task.state == READY:
+            block.ready -= 1
+        task.state = WAITING
+
+    def _release_ready(self, blocks: Iterable[Block], ctx: Context) -> None:
+        """Make every waiting task of ``blocks`` whose conditions hold ready, then report."""
+        for block in blocks:
+            if block.blocked == 0 and not self.gated:
+                for task in block.tasks:
+                    if task.state == WAITING and task.unmet == 0:
+                        self._make_ready(block, task, ctx.now)
+            self._report(block, ctx)
+
+    def dispatchable(self, block: Block) -> int:
+        """How many tasks of ``block`` the solver may dispatch now (ready, within the caps)."""
+        if self.paused or self.deleted or not self.started:
+            return 0
+        count = block.ready
+        cap = block.spec.max_running_tasks
+        if cap is not None:
+            count = min(count, cap - block.running)
+        cap = self.spec.max_running_tasks
+        if cap is not None:
+            count = min(count, cap - self.running)
+        return max(count, 0)
+
+    def _report(self, block: Block, ctx: Context) -> None:
+        """Tell the solver the block's dispatchable count if it differs from what the solver believes."""
+        want = self.dispatchable(block)
+        if want != block.reported - (block.handled - block.reported_handled):
+            block.reported = want
+            block.reported_handled = block.handled
+            ctx.send(SOLVER, BlockReady(ctx.next_id(), self.job_id, block.index, want, block.handled))
+
+    def _report_after_run_change(self, block: Block, ctx: Context) -> None:
+        if self.spec.max_running_tasks is not None:
+            for b in self.blocks:
+                self._report(b, ctx)
+        else:
+            self._report(block, ctx)
+
+    # ---------------------------------------------------------------------------------------- dispatch
+    def _on_dispatch(self, msg: Dispatch, ctx: Context) -> None:
+        block = self.blocks[msg.block]
+        block.handled += 1
+        task = self._pop_ready(block) if self.dispatchable(block) > 0 else None
+        if task is None:
+            self._report(block, ctx)
+            ctx.send(SOLVER, DispatchDeclined(ctx.next_id(), msg.id, self.job_id, msg.block, msg.render))
+            return
+        task.state = RUNNING
+        task.attempt += 1
+        task.run_id = msg.id
+        task.render = msg.render
+        task.start_time = ctx.now
+        task.percent = -1
+        block.ready -= 1
+        block.running += 1
+        self.running += 1
+        self.live[msg.id] = LiveRun(block.index, task.index, task.attempt, msg.render, ctx.now)
+        ctx.send(render_address(msg.render), self._assign(block, task, msg))
+        self._report_after_run_change(block, ctx)
+
+    def _pop_ready(self, block: Block) -> Task | None:
+        heap = block.heap
+        tasks = block.tasks
+        while heap:
+            _, index = heapq.heappop(heap)
+            task = tasks[index]
+            if task.state == READY:
+                return task
+        return None
+
+    def _assign(self, block: Block, task: Task, msg: Dispatch) -> Assign:
+        spec = block.spec
+        f = task.frames
+        template = f.command if f.command is not None else spec.command
+        assert template is not None  # validated: a block without a command has commands on every task
+        command = format_command(
+            template, first=f.first, last=f.last, step=f.step, task=task.index, job=self.job_id, block=spec.name
+        )
+        return Assign(
+            msg.id, msg.id, self.job_id, block.index, task.index, task.attempt, msg.render, command,
+            f.name, self.spec.name, spec.name, spec.capacity, spec.memory_mb, spec.working_dir, spec.env,
+            spec.timeout_s, spec.progress,
+        )
+
+    # ---------------------------------------------------------------------------------------- reports
+    def _current(self, block_index: int, task_index: int, run_id: int) -> tuple[Block, Task] | None:
+        if not 0 <= block_index < len(self.blocks):
+            return None
+        block = self.blocks[block_index]
+        if not 0 <= task_index < len(block.tasks):
+            return None
+        task = block.tasks[task_index]
+        if task.state != RUNNING or task.run_id != run_id:
+            return None
+        return block, task
+
+    def _on_started(self, msg: TaskStarted, ctx: Context) -> None:
+        current = self._current(msg.block, msg.task, msg.run_id)
+        live = self.live.get(msg.run_id)
+        if current is not None and live is not None:
+            current[1].start_time = ctx.now
+            live.start_time = ctx.now
+
+    def _on_progress(self, msg: TaskProgress, ctx: Context) -> None:
+        current = self._current(msg.block, msg.task, msg.run_id)
+        if current is None:
+            return
+        task = current[1]
+        if msg.percent >= 0:
+            task.percent = msg.percent
+        if msg.lines:
+            task.output = (task.output + msg.lines)[-OUTPUT_LINES_KEPT:]
+
+    def _close_run(self, run_id: int, state: str, ctx: Context) -> LiveRun | None:
+        """Record the end of a run this job started and free its capacity; None if unknown."""
+        live = self.live.pop(run_id, None)
+        if live is None:
+            return None
+        block = self.blocks[live.block]
+        task = block.tasks[live.task]
+        ctx.send(
+            EVENTS,
+            RunRecord(
+                ctx.next_id(), self.job_id, self.spec.name, self.user, block.spec.name, task.frames.name,
+                task.frames_text, live.render, live.attempt, state, self.submit_time, task.ready_time,
+                live.start_time, ctx.now,
+            ),
+        )
+        return live
+
+    def _end_current(self, block: Block, task: Task) -> None:
+        task.run_id = 0
+        block.running -= 1
+        self.running -= 1
+
+    def _on_finished(self, msg: TaskFinished, ctx: Context) -> None:
+        current = self._current(msg.block, msg.task, msg.run_id)
+        state = msg.state if msg.state in ("done", "error", "killed") else "error"
+        if self._close_run(msg.run_id, state, ctx) is None:
+            return
+        if current is not None:
+            block, task = current
+            if msg.output_tail:
+                task.output = (task.output + msg.output_tail)[-OUTPUT_LINES_KEPT:]
+            self._end_current(block, task)
+            if state == "done":
+                task.percent = 100
+                self._finish_task(block, task, DONE, ctx)
+            else:
+                self._fail(block, task, msg.render, ctx)
+            self._report_after_run_change(block, ctx)
+        ctx.send(SOLVER, RunEnded(ctx.next_id(), msg.run_id, self.job_id))
+        self._update_job_state(ctx)
+
+    def _on_lost(self, msg: RunLost, ctx: Context) -> None:
+        current = self._current(msg.block, msg.task, msg.run_id)
+        if self._close_run(msg.run_id, "lost", ctx) is None:
+            return
+        if current is not None:
+            block, task = current
+            self._end_current(block, task)
+            self._requeue(block, task, ctx.now)
+            self._report_after_run_change(block, ctx)
+        ctx.send(SOLVER, RunEnded(ctx.next_id(), msg.run_id, self.job_id))
+
+    def _on_reclaim(self, msg: ReclaimRun, ctx: Context) -> None:
+        run = msg.run
+        current = self._current(run.block, run.task, run.run_id)
+        if current is not None and current[1].attempt == run.attempt and run.run_id in self.live:
+            current[1].render = msg.render
+            self.live[run.run_id].render = msg.render
+            ctx.send(SOLVER, RunClaimed(ctx.next_id(), run.run_id, self.job_id, run.block, msg.render))
+        else:  # not ours any more: stop it, and give back the capacity the render counted for it
+            ctx.send(render_address(msg.render), KillRun(ctx.next_id(), run.run_id, self.job_id, msg.render, "stale"))
+            ctx.send(SOLVER, RunEnded(ctx.next_id(), run.run_id, self.job_id))
+
+    def _requeue(self, block: Block, task: Task, now: float) -> None:
+        task.state = WAITING
+        if self._can_run(block, task):
+            self._make_ready(block, task, now)
+
+    def _fail(self, block: Block, task: Task, render: str, ctx: Context) -> None:
+        task.failures += 1
+        spec = block.spec
+        count = block.render_failures.get(render, 0) + 1
+        block.render_failures[render] = count
+        if count >= spec.avoid_render_after and render not in block.avoided:
+            block.avoided.add(render)
+            ctx.send(SOLVER, AvoidRender(ctx.next_id(), self.job_id, block.index, render))
+        if task.failures <= spec.retries:
+            self._requeue(block, task, ctx.now)
+        else:
+            task.state = ERROR
+            self.error_tasks += 1
+
+    # ---------------------------------------------------------------------------------------- dependencies
+    def _finish_task(self, block: Block, task: Task, state: int, ctx: Context) -> None:
+        """A task becomes done or skipped: count it and release what waited on it."""
+        if task.state == READY:
+            block.ready -= 1
+        elif task.state == ERROR:
+            self.error_tasks -= 1
+        task.state = state
+        block.unfinished -= 1
+        self.finished_tasks += 1
+        touched: set[int] = set()
+        for d_index, j in block.frame_down[task.index]:
+            down = self.blocks[d_index]
+            dt = down.tasks[j]
+            dt.unmet -= 1
+            if dt.unmet == 0 and dt.state == WAITING and self._can_run(down, dt):
+                self._make_ready(down, dt, ctx.now)
+                touched.add(d_index)
+        if block.unfinished == 0:
+            for d_index in block.down_blocks:
+                down = self.blocks[d_index]
+                down.blocked -= 1
+                if down.blocked == 0:
+                    touched.add(d_index)
+            self._release_ready([self.blocks[i] for i in sorted(touched)], ctx)
+        else:
+            for d_index in sorted(touched):
+                self._report(self.blocks[d_index], ctx)
+
+    def _unfinish_task(self, block: Block, task: Task) -> None:
+        """A done or skipped task goes back: whatever depended on it waits again."""
+        block.unfinished += 1
+        self.finished_tasks -= 1
+        for d_index, j in block.frame_down[task.index]:
+            down = self.blocks[d_index]
+            dt = down.tasks[j]
+            dt.unmet += 1
+            if dt.state == READY:
+                self._make_waiting(down, dt)
+        if block.unfinished == 1:
+            for d_index in block.down_blocks:
+                down = self.blocks[d_index]
+                down.blocked += 1
+                if down.blocked == 1:
+                    for dt in down.tasks:
+                        if dt.state == READY:
+                            self._make_waiting(down, dt)
+
+    def _on_dependency_met(self, msg: JobDependencyMet, ctx: Context) -> None:
+        if msg.upstream in self.waits_on:
+            self.waits_on.discard(msg.upstream)
+            if not self.gated:
+                self._release_ready(self.blocks, ctx)
+
+    def _on_tick(self, msg: Tick, ctx: Context) -> None:
+        if msg.name == "wait_until" and self.time_gate:
+            self.time_gate = False
+            if not self.gated:
+                self._release_ready(self.blocks, ctx)
+
+    def _update_job_state(self, ctx: Context) -> None:
+        if self.deleted:
+            return
+        if self.finished_tasks == self.total_tasks:
+            state = "done"
+        elif self.finished_tasks + self.error_tasks == self.total_tasks:
+            state = "error"
+        else:
+            state = "active"
+        if state != self.state:
+            self.state = state
+            change = JobStateChanged(
+                ctx.next_id(), self.job_id, state, self.finished_tasks, self.error_tasks, self.total_tasks
+            )
+            ctx.send(REGISTRY, change)
+            ctx.send(EVENTS, change)
+
+    # ---------------------------------------------------------------------------------------- actions
+    def _on_action(self, msg: JobAction, ctx: Context) -> None:
+        def refuse(reason: str) -> None:
+            if msg.reply_address:
+                ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, self.job_id, reason))
+
+        if self.deleted:
+            refuse(f"job {self.job_id} is deleted")
+            return
+        if not (msg.by.admin or msg.by.user == self.user):
+            refuse(f"user {msg.by.user!r} may not {msg.action} job {self.job_id} of user {self.user!r}")
+            return
+        if msg.action not in ACTIONS:
+            refuse(f"unknown action {msg.action!r} (known: {', '.join(ACTIONS)})")
+            return
+        try:
+            detail = getattr(self, f"_act_{msg.action}")(msg, ctx)
+        except ValueError as exc:
+            refuse(str(exc))
+            return
+        if msg.reply_address:
+            ctx.send(msg.reply_address, ActionDone(ctx.next_id(), msg.id, self.job_id, detail))
+
+    def _send_update(self, ctx: Context) -> None:
+        ctx.send(SOLVER, JobUpdated(ctx.next_id(), self.job_id, self.priority, self.paused))
+
+    def _act_pause(self, msg: JobAction, ctx: Context) -> str:
+        if self.paused:
+            return "already paused"
+        self.paused = True
+        self._send_update(ctx)
+        for block in self.blocks:
+            self._report(block, ctx)
+        return "paused"
+
+    def _act_resume(self, msg: JobAction, ctx: Context) -> str:
+        if not self.paused:
+            return "not paused"
+        self.paused = False
+        self._send_update(ctx)
+        for block in self.blocks:
+            self._report(block, ctx)
+        return "resumed"
+
+    def _act_priority(self, msg: JobAction, ctx: Context) -> str:
+        if not 0 <= msg.value <= 255:
+            raise ValueError(f"priority: must be 0-255 (got {msg.value})")
+        self.priority = msg.value
+        self._send_update(ctx)
+        return f"priority {msg.value}"
+
+    def _act_delete(self, msg: JobAction, ctx: Context) -> str:
+        self.deleted = True
+        for run_id in sorted(self.live):
+            live = self.live[run_id]
+            ctx.send(render_address(live.render), KillRun(ctx.next_id(), run_id, self.job_id, live.render, "deleted"))
+            self._close_run(run_id, "killed", ctx)
+        ctx.send(SOLVER, JobClosed(ctx.next_id(), self.job_id))
+        change = JobStateChanged(
+            ctx.next_id(), self.job_id, "deleted", self.finished_tasks, self.error_tasks, self.total_tasks
+        )
+        ctx.send(REGISTRY, change)
+        ctx.send(EVENTS, change)
+        ctx.stop()
+        return "deleted"
+
+    def _selected(self, msg: JobAction) -> list[tuple[Block, Task]]:
+        if msg.block == -1:
+            if msg.tasks:
+                raise ValueError("tasks: a task selection needs a block")
+            return [(b, t) for b in self.blocks for t in b.tasks]
+        if not 0 <= msg.block < len(self.blocks):
+            raise ValueError(f"block: no block {msg.block} in job {self.job_id} (it has {len(self.blocks)})")
+        block = self.blocks[msg.block]
+        if not msg.tasks:
+            return [(block, t) for t in block.tasks]
+        chosen = []
+        for index in msg.tasks:
+            if not 0 <= index < len(block.tasks):
+                raise ValueError(f"tasks: no task {index} in block {block.spec.name!r} (it has {len(block.tasks)})")
+            chosen.append((block, block.tasks[index]))
+        return chosen
+
+    def _downstream(self, chosen: list[tuple[Block, Task]]) -> list[tuple[Block, Task]]:
+        """``chosen`` plus every task that depends on them, directly or not."""
+        seen = {(b.index, t.index) for b, t in chosen}
+        order = list(seen)
+        stack = list(seen)
+        while stack:
+            b_index, t_index = stack.pop()
+            block = self.blocks[b_index]
+            nexts = list(block.frame_down[t_index])
+            for d_index in block.down_blocks:
+                nexts.extend((d_index, j) for j in range(len(self.blocks[d_index].tasks)))
+            for key in nexts:
+                if key not in seen:
+                    seen.add(key)
+                    order.append(key)
+                    stack.append(key)
+        return [(self.blocks[b], self.blocks[b].tasks[t]) for b, t in sorted(order)]
+
+    def _stop_current(self, block: Block, task: Task, reason: str, ctx: Context) -> None:
+        """Kill the task's current run (its report will then be ignored) and forget it."""
+        ctx.send(render_address(task.render), KillRun(ctx.next_id(), task.run_id, self.job_id, task.render, reason))
+        self._end_current(block, task)
+
+    def _act_restart(self, msg: JobAction, ctx: Context) -> str:
+        chosen = self._selected(msg)
+        if msg.errors_only:
+            chosen = [(b, t) for b, t in chosen if t.state == ERROR]
+        if msg.downstream:
+            chosen = self._downstream(chosen)
+        count = 0
+        for block, task in chosen:
+            if task.state in (WAITING, READY):
+                continue
+            if task.state == RUNNING:
+                self._stop_current(block, task, "restarted", ctx)
+            elif task.state in (DONE, SKIPPED):
+                self._unfinish_task(block, task)
+            elif task.state == ERROR:
+                self.error_tasks -= 1
+            task.failures = 0
+            task.percent = -1
+            self._requeue(block, task, ctx.now)
+            count += 1
+        for block in self.blocks:
+            self._report(block, ctx)
+        self._update_job_state(ctx)
+        return f"restarted {count} task(s)"
+
+    def _act_skip(self, msg: JobAction, ctx: Context) -> str:
+        count = 0
+        for block, task in self._selected(msg):
+            if task.state in (DONE, SKIPPED):
+                continue
+            if task.state == RUNNING:
+                self._stop_current(block, task, "skipped", ctx)
+            self._finish_task(block, task, SKIPPED, ctx)
+            count += 1
+        for block in self.blocks:
+            self._report(block, ctx)
+        self._update_job_state(ctx)
+        return f"skipped {count} task(s)"
+
+    # ---------------------------------------------------------------------------------------- views
+    def task_states(self) -> dict[tuple[str, str], str]:
+        """Every task's state by (block name, task name)."""
+        return {(b.spec.name, t.frames.name): t.state_name for b in self.blocks for t in b.tasks}
+
+    def counts(self) -> dict[str, int]:
+        """How many tasks are in each state."""
+        out = dict.fromkeys(STATE_NAMES, 0)
+        for block in self.blocks:
+            for task in block.tasks:
+                out[STATE_NAMES[task.state]] += 1
+        return out

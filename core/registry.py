@@ -1,0 +1,119 @@
+"""The job registry: accepts parsed jobs, gives them ids, resolves job-on-job dependencies, routes actions.
+
+A submission is checked against what only the registry knows (the ids and names of other jobs); a refused
+job leaves no trace. An accepted job gets the next id, a job behaviour is spawned for it, and it is told
+which jobs it waits on: the ``depends_on_jobs`` ids plus, as of submission, every other job not yet done
+whose name fully matches ``depend_mask`` (same user) or ``depend_mask_global`` (any user). Taking the mask
+matches at submission keeps two jobs from ever waiting on each other. A deleted upstream releases its
+dependents, as a done one does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .job import JobBehaviour
+from .messages import (
+    ActionRefused,
+    JobAccepted,
+    JobAction,
+    JobDependencyMet,
+    JobRefused,
+    JobStateChanged,
+    Message,
+    StartJob,
+    SubmitJob,
+)
+from .runtime import Context, job_address
+
+
+class JobEntry:
+    """What the registry keeps of a job: enough to resolve dependencies and route actions."""
+
+    __slots__ = ("done", "job_id", "name", "state", "user", "waiters")
+
+    def __init__(self, job_id: int, name: str, user: str) -> None:
+        self.job_id = job_id
+        self.name = name
+        self.user = user
+        self.state = "active"
+        self.done = False
+        self.waiters: set[int] = set()
+
+
+class Registry:
+    """The registry behaviour (one per farm)."""
+
+    def __init__(self, first_job_id: int = 1) -> None:
+        self.jobs: dict[int, JobEntry] = {}
+        self.next_job_id = first_job_id
+        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+            SubmitJob: self._on_submit,
+            JobStateChanged: self._on_state,
+            JobAction: self._on_action,
+        }
+
+    def handle(self, message: Message, ctx: Context) -> None:
+        """React to one message (unknown kinds are ignored)."""
+        handler = self._handlers.get(type(message))
+        if handler is not None:
+            handler(message, ctx)
+
+    def _on_submit(self, msg: SubmitJob, ctx: Context) -> None:
+        spec = msg.spec
+        problems: list[str] = []
+        waits: set[int] = set()
+        for i, upstream in enumerate(spec.depends_on_jobs):
+            entry = self.jobs.get(upstream)
+            if entry is None:
+                problems.append(f"depends_on_jobs[{i}]: no job with id {upstream}")
+            elif not entry.done:
+                waits.add(upstream)
+        job_id = msg.job_id or self.next_job_id
+        if job_id in self.jobs:
+            problems.append(f"job id {job_id} is already taken")
+        if problems:
+            if msg.reply_address:
+                ctx.send(msg.reply_address, JobRefused(ctx.next_id(), msg.id, tuple(problems)))
+            return
+        if spec.depend_mask is not None:
+            rx = re.compile(spec.depend_mask)
+            waits.update(
+                e.job_id for e in self.jobs.values() if e.user == msg.user and not e.done and rx.fullmatch(e.name)
+            )
+        if spec.depend_mask_global is not None:
+            rx = re.compile(spec.depend_mask_global)
+            waits.update(e.job_id for e in self.jobs.values() if not e.done and rx.fullmatch(e.name))
+        self.next_job_id = max(self.next_job_id, job_id + 1)
+        self.jobs[job_id] = JobEntry(job_id, spec.name, msg.user)
+        for upstream in waits:
+            self.jobs[upstream].waiters.add(job_id)
+        address = job_address(job_id)
+        ctx.spawn(address, JobBehaviour(job_id, spec, msg.user, ctx.now))
+        ctx.send(address, StartJob(ctx.next_id(), tuple(sorted(waits))))
+        if msg.reply_address:
+            ctx.send(msg.reply_address, JobAccepted(ctx.next_id(), msg.id, job_id))
+
+    def _on_state(self, msg: JobStateChanged, ctx: Context) -> None:
+        entry = self.jobs.get(msg.job_id)
+        if entry is None:
+            return
+        entry.state = msg.state
+        if msg.state in ("done", "deleted"):
+            entry.done = True
+            for waiter in sorted(entry.waiters):
+                ctx.send(job_address(waiter), JobDependencyMet(ctx.next_id(), waiter, msg.job_id))
+            entry.waiters.clear()
+            if msg.state == "deleted":
+                del self.jobs[msg.job_id]
+        else:
+            entry.done = False
+
+    def _on_action(self, msg: JobAction, ctx: Context) -> None:
+        if msg.job_id not in self.jobs:
+            if msg.reply_address:
+                ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, msg.job_id, f"no job {msg.job_id}"))
+            return
+        ctx.send(job_address(msg.job_id), msg)

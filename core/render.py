@@ -1,0 +1,155 @@
+"""The render behaviour: one worker machine as the server sees it.
+
+It stands between the worker (real over TCP, or virtual in a simulation) and the rest of the core: it
+registers the render with the solver when the worker says hello, forwards assignments to the worker and the
+worker's reports to the jobs, acknowledges finish reports, and watches the heartbeat. A render silent for
+longer than its zombie time is declared lost: the solver drops it and every job gets its runs back as lost
+(requeued with a new attempt). A reconnecting worker reports what it still runs; runs the server no longer
+knows are offered back to their jobs, which keep or kill them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .messages import (
+    Assign,
+    FinishAck,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    KillRun,
+    Message,
+    ReclaimRun,
+    RenderInfo,
+    RenderOffline,
+    RenderOnline,
+    RenderPaused,
+    RunLost,
+    RunningRun,
+    TaskFinished,
+    TaskProgress,
+    TaskStarted,
+    Tick,
+    Welcome,
+)
+from .runtime import SOLVER, Context, job_address, worker_address
+
+ONLINE, PAUSED, OFFLINE = "online", "paused", "offline"
+
+
+class RenderBehaviour:
+    """The server side of one render (hosted by a RenderActor in production)."""
+
+    def __init__(self, name: str, heartbeat_s: float = 5.0, zombie_s: float = 60.0, watch: bool = True) -> None:
+        self.name = name
+        self.heartbeat_s = heartbeat_s
+        self.zombie_s = zombie_s
+        self.watch = watch  # False: no heartbeat watch (a simulation without render faults)
+        self.info: RenderInfo | None = None
+        self.state = OFFLINE
+        self.paused = False
+        self.last_seen = 0.0
+        self.runs: dict[int, RunningRun] = {}
+        self.lost_count = 0
+        self._worker = worker_address(name)
+        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+            Assign: self._on_assign,
+            TaskStarted: self._forward_to_job,
+            TaskProgress: self._forward_to_job,
+            TaskFinished: self._on_finished,
+            Heartbeat: self._on_heartbeat,
+            Hello: self._on_hello,
+            KillRun: self._on_kill,
+            Tick: self._on_tick,
+            Goodbye: self._on_goodbye,
+            RenderPaused: self._on_paused,
+        }
+
+    def handle(self, message: Message, ctx: Context) -> None:
+        """React to one message (unknown kinds are ignored)."""
+        handler = self._handlers.get(type(message))
+        if handler is not None:
+            handler(message, ctx)
+
+    # ---------------------------------------------------------------------------------------- liveness
+    def _arm(self, ctx: Context) -> None:
+        self.last_seen = ctx.now
+        if self.watch:
+            ctx.set_timer("zombie", ctx.now + self.zombie_s, Tick(ctx.next_id(), "zombie"))
+
+    def _on_hello(self, msg: Hello, ctx: Context) -> None:
+        self.info = msg.info
+        reported = {run.run_id: run for run in msg.running}
+        # runs we gave this render that its worker no longer has: lost
+        for run_id in sorted(self.runs):
+            if run_id not in reported:
+                self._lose(self.runs.pop(run_id), "worker restarted", ctx)
+        self.state = ONLINE
+        ctx.send(SOLVER, RenderOnline(ctx.next_id(), msg.info, msg.running))
+        if self.paused:
+            ctx.send(SOLVER, RenderPaused(ctx.next_id(), self.name, True))
+        for run in msg.running:
+            if run.run_id not in self.runs:
+                self.runs[run.run_id] = run
+                ctx.send(job_address(run.job_id), ReclaimRun(ctx.next_id(), run, self.name))
+        ctx.send(self._worker, Welcome(ctx.next_id(), msg.id, self.heartbeat_s, self.zombie_s))
+        self._arm(ctx)
+
+    def _on_heartbeat(self, msg: Heartbeat, ctx: Context) -> None:
+        if self.state == OFFLINE:
+            return  # a lost render must say hello again
+        self._arm(ctx)
+
+    def _on_tick(self, msg: Tick, ctx: Context) -> None:
+        if msg.name == "zombie" and self.state != OFFLINE:
+            self._go_offline(f"no heartbeat for {self.zombie_s:g} s", ctx)
+
+    def _on_goodbye(self, msg: Goodbye, ctx: Context) -> None:
+        if self.state != OFFLINE:
+            self._go_offline("worker left", ctx)
+
+    def _go_offline(self, reason: str, ctx: Context) -> None:
+        self.state = OFFLINE
+        self.lost_count += 1
+        ctx.cancel_timer("zombie")
+        ctx.send(SOLVER, RenderOffline(ctx.next_id(), self.name, reason))
+        for run_id in sorted(self.runs):
+            self._lose(self.runs[run_id], reason, ctx)
+        self.runs.clear()
+
+    def _lose(self, run: RunningRun | Assign, reason: str, ctx: Context) -> None:
+        ctx.send(
+            job_address(run.job_id),
+            RunLost(ctx.next_id(), run.run_id, run.job_id, run.block, run.task, run.attempt, self.name, reason),
+        )
+
+    def _on_paused(self, msg: RenderPaused, ctx: Context) -> None:
+        self.paused = msg.paused
+        if self.state != OFFLINE:
+            self.state = PAUSED if msg.paused else ONLINE
+            ctx.send(SOLVER, RenderPaused(ctx.next_id(), self.name, msg.paused))
+
+    # ---------------------------------------------------------------------------------------- runs
+    def _on_assign(self, msg: Assign, ctx: Context) -> None:
+        if self.state == OFFLINE:
+            self._lose(msg, "render offline", ctx)
+            return
+        self.runs[msg.run_id] = RunningRun(
+            msg.run_id, msg.job_id, msg.block, msg.task, msg.attempt, msg.capacity, msg.memory_mb
+        )
+        ctx.send(self._worker, msg)
+
+    def _forward_to_job(self, msg: TaskStarted | TaskProgress, ctx: Context) -> None:
+        if msg.run_id in self.runs:
+            ctx.send(job_address(msg.job_id), msg)
+
+    def _on_finished(self, msg: TaskFinished, ctx: Context) -> None:
+        ctx.send(self._worker, FinishAck(ctx.next_id(), msg.id, msg.run_id))
+        if self.runs.pop(msg.run_id, None) is not None:
+            ctx.send(job_address(msg.job_id), msg)
+
+    def _on_kill(self, msg: KillRun, ctx: Context) -> None:
+        if self.state != OFFLINE:
+            ctx.send(self._worker, msg)

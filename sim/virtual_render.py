@@ -1,0 +1,137 @@
+"""A virtual worker: a behaviour that speaks the worker's messages and 'runs' tasks by waiting.
+
+It says hello to its render, heartbeats if asked to, starts each assigned run at once, and reports it
+finished after its duration divided by the render's speed (killed at the block's timeout, failed with a
+given probability). It is pure like the core (time and randomness come from ``ctx``), so the same class
+stands in for workers in the simulator, in ``farmhand local`` and in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from farmhand.core.messages import (
+    Assign,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    KillRun,
+    Message,
+    RenderInfo,
+    TaskFinished,
+    TaskStarted,
+    Tick,
+    Welcome,
+)
+from farmhand.core.runtime import Context, render_address
+
+DurationOf = Callable[[Assign], float]
+
+
+class VirtualWorker:
+    """A worker that runs nothing: each run takes ``duration(assign) / speed`` seconds of (virtual) time."""
+
+    def __init__(
+        self,
+        info: RenderInfo,
+        duration: DurationOf,
+        speed: float = 1.0,
+        failure_probability: float = 0.0,
+        heartbeat: bool = False,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0 (got {speed})")
+        self.info = info
+        self.duration = duration
+        self.speed = speed
+        self.failure_probability = failure_probability
+        self.heartbeat = heartbeat
+        self.heartbeat_s = 0.0
+        self.running: dict[int, Assign] = {}
+        self._timed_out: set[int] = set()
+        self.up = False
+        self.completed = 0
+        self._render = render_address(info.name)
+        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+            Assign: self._on_assign,
+            Tick: self._on_tick,
+            KillRun: self._on_kill,
+            Welcome: self._on_welcome,
+        }
+
+    def handle(self, message: Message, ctx: Context) -> None:
+        """React to one message (acks and unknown kinds are ignored)."""
+        handler = self._handlers.get(type(message))
+        if handler is not None:
+            handler(message, ctx)
+
+    def _on_welcome(self, msg: Welcome, ctx: Context) -> None:
+        self.heartbeat_s = msg.heartbeat_s
+        if self.heartbeat and self.heartbeat_s > 0:
+            ctx.set_timer("heartbeat", ctx.now + self.heartbeat_s, Tick(ctx.next_id(), "heartbeat"))
+
+    def _on_tick(self, msg: Tick, ctx: Context) -> None:
+        name = msg.name
+        if name == "finish":
+            self._finish(msg.ref, ctx)
+        elif name == "hello":
+            self.up = True
+            ctx.send(self._render, Hello(ctx.next_id(), self.info))
+        elif name == "heartbeat" and self.up:
+            ctx.send(self._render, Heartbeat(ctx.next_id(), self.info.name, tuple(sorted(self.running))))
+            ctx.set_timer("heartbeat", ctx.now + self.heartbeat_s, Tick(ctx.next_id(), "heartbeat"))
+        elif name == "crash":  # the machine dies: its runs vanish, it falls silent
+            self.up = False
+            for run_id in list(self.running):
+                ctx.cancel_timer(("run", run_id))
+            self.running.clear()
+            self._timed_out.clear()
+            ctx.cancel_timer("heartbeat")
+        elif name == "leave":
+            self.up = False
+            self.running.clear()
+            ctx.send(self._render, Goodbye(ctx.next_id(), self.info.name))
+
+    def _on_assign(self, msg: Assign, ctx: Context) -> None:
+        if not self.up:
+            return
+        self.running[msg.run_id] = msg
+        ctx.send(
+            self._render, TaskStarted(ctx.next_id(), msg.run_id, msg.job_id, msg.block, msg.task, msg.attempt, msg.render)
+        )
+        seconds = self.duration(msg) / self.speed
+        if msg.timeout_s is not None and seconds > msg.timeout_s:
+            seconds = msg.timeout_s
+            self._timed_out.add(msg.run_id)
+        ctx.set_timer(("run", msg.run_id), ctx.now + seconds, Tick(ctx.next_id(), "finish", msg.run_id))
+
+    def _finish(self, run_id: int, ctx: Context) -> None:
+        assign = self.running.pop(run_id, None)
+        if assign is None:
+            return
+        timed_out = run_id in self._timed_out
+        self._timed_out.discard(run_id)
+        failed = timed_out or (self.failure_probability > 0 and ctx.random.random() < self.failure_probability)
+        self.completed += 1
+        ctx.send(
+            self._render,
+            TaskFinished(
+                ctx.next_id(), run_id, assign.job_id, assign.block, assign.task, assign.attempt, assign.render,
+                "error" if failed else "done", 1 if failed else 0, (), "timeout" if timed_out else "",
+            ),
+        )
+
+    def _on_kill(self, msg: KillRun, ctx: Context) -> None:
+        assign = self.running.pop(msg.run_id, None)
+        if assign is None:
+            return
+        ctx.cancel_timer(("run", msg.run_id))
+        self._timed_out.discard(msg.run_id)
+        ctx.send(
+            self._render,
+            TaskFinished(
+                ctx.next_id(), msg.run_id, assign.job_id, assign.block, assign.task, assign.attempt, assign.render,
+                "killed", -9, (), msg.reason,
+            ),
+        )
