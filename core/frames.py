@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from math import gcd
 from typing import NamedTuple
 
@@ -177,28 +177,47 @@ def frame_dependencies(
         ups.append((task.first, task.first + (last - task.first) // step * step, step, index))
     ups.sort()
     firsts = [u[0] for u in ups]
+    lasts = [u[1] for u in ups]
+    steps = [u[2] for u in ups]
+    indices = [u[3] for u in ups]
     # reach[k]: the furthest last frame of ups[0..k]; non-decreasing, so it can be bisected.
-    reach = list(accumulate((u[1] for u in ups), max))
+    reach = list(accumulate(lasts, max))
+    all_step_1 = all(s == 1 for s in steps)
+    in_order = all(a < b for a, b in pairwise(indices))  # then found indices come out sorted
 
     result: list[tuple[int, ...]] = []
+    append = result.append
     for task in downstream:
-        if task.first is None or not ups:
-            result.append(())
-            continue
         first = task.first
-        step = max(task.step, 1)
-        last = task.first if task.last is None else task.last
-        if last < first:
-            result.append(())
+        if first is None or not ups:
+            append(())
             continue
-        last = first + (last - first) // step * step
+        step = task.step if task.step > 1 else 1
+        last = first if task.last is None else task.last
+        if last < first:
+            append(())
+            continue
+        if step > 1:
+            last = first + (last - first) // step * step
         hi = bisect_right(firsts, last)  # ups[:hi] start at or before our last frame
         lo = bisect_left(reach, first, 0, hi)  # before lo, nothing reaches our first frame
-        found = [
-            u[3]
-            for u in ups[lo:hi]
-            if u[1] >= first and frames_intersect(u[0], u[1], u[2], first, last, step)
-        ]
-        found.sort()
-        result.append(tuple(found))
+        if hi - lo == 1 and lasts[lo] >= first:  # the usual case: one candidate
+            if (step == 1 and all_step_1) or frames_intersect(
+                firsts[lo], lasts[lo], steps[lo], first, last, step
+            ):
+                append((indices[lo],))
+            else:
+                append(())
+            continue
+        if step == 1 and all_step_1:  # spans overlap, so frames do
+            found = [indices[k] for k in range(lo, hi) if lasts[k] >= first]
+        else:
+            found = [
+                indices[k]
+                for k in range(lo, hi)
+                if lasts[k] >= first and frames_intersect(firsts[k], lasts[k], steps[k], first, last, step)
+            ]
+        if not in_order:
+            found.sort()
+        append(tuple(found))
     return result

@@ -139,7 +139,7 @@ class ManualRuntime:
         at = self.next_timer()
         if at is None:
             return False
-        _, seq, address, key, message = heapq.heappop(self._timers)
+        _, _seq, address, key, message = heapq.heappop(self._timers)
         del self._live_timers[(address, key)]
         self.now = max(self.now, at)
         self.queue.append((address, message))

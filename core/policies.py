@@ -113,7 +113,7 @@ class FairShare(Policy):
     """Afanasy's fair share: each user's need is 1.1^priority / (running capacity + 1); neediest first."""
 
     name = "fairshare"
-    summary = "Afanasy's fair share: neediest user first (1.1^user priority / (running capacity + 1)), then priority, age"
+    summary = "Afanasy's fair share: neediest user first (1.1^priority / (running capacity + 1)), then priority, age"
     grouped = True
 
     def job_key(self, job: JobView) -> tuple[Any, ...]:

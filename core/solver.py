@@ -39,7 +39,6 @@ from .messages import (
     RenderPaused,
     RunClaimed,
     RunEnded,
-    RunningRun,
     SetUser,
 )
 from .policies import Policy, UserState

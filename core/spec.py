@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_ORDER",
     "DEFAULT_PRIORITY",
     "DEFAULT_RETRIES",
+    "INT_LIMIT",
     "MAX_NAME_LENGTH",
     "MAX_TASKS_PER_JOB",
     "ORDERS",
@@ -751,11 +752,9 @@ class _Parser:
             if len(cycle) > 12:  # a very long cycle is named by its ends
                 cycle = [*cycle[:6], f"... ({len(cycle) - 11} more)", *cycle[-5:]]
             self.add("blocks", "dependency cycle " + " -> ".join(cycle))
-        counts = [info.task_count for info in infos]
-        if all(c is not None for c in counts):
-            total = sum(c for c in counts if c is not None)
-            if total > MAX_TASKS_PER_JOB:
-                self.add("blocks", f"too many tasks in the job (got {total} > {MAX_TASKS_PER_JOB})")
+        total = sum(info.task_count for info in infos if info.task_count is not None)
+        if total > MAX_TASKS_PER_JOB:
+            self.add("blocks", f"too many tasks in the job (got {total} > {MAX_TASKS_PER_JOB})")
 
 
 def _find_cycles(names: list[str], edges: dict[str, list[str]]) -> list[list[str]]:

@@ -97,9 +97,8 @@ class VirtualWorker:
         if not self.up:
             return
         self.running[msg.run_id] = msg
-        ctx.send(
-            self._render, TaskStarted(ctx.next_id(), msg.run_id, msg.job_id, msg.block, msg.task, msg.attempt, msg.render)
-        )
+        started = TaskStarted(ctx.next_id(), msg.run_id, msg.job_id, msg.block, msg.task, msg.attempt, msg.render)
+        ctx.send(self._render, started)
         seconds = self.duration(msg) / self.speed
         if msg.timeout_s is not None and seconds > msg.timeout_s:
             seconds = msg.timeout_s

@@ -1,4 +1,4 @@
-"""Tests of the job spec model: parsing, defaults, inheritance, every problem, the canonical form, commands."""
+"""Tests of the job spec: parsing, defaults, inheritance, every problem, the canonical form, commands."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ Spec = dict[str, Any]
 
 
 def minimal() -> Spec:
-    return {"name": "shot", "blocks": [{"name": "render", "command": "render -f {frame}", "frames": {"first": 1, "last": 10}}]}
+    return {
+        "name": "shot",
+        "blocks": [{"name": "render", "command": "render -f {frame}", "frames": {"first": 1, "last": 10}}],
+    }
 
 
 def complete() -> Spec:
@@ -77,7 +80,11 @@ def complete() -> Spec:
                 "tasks": [
                     {"name": "slap", "command": "nuke slap.nk", "frames": [1, 100]},
                     {"name": "one", "command": "nuke one.nk", "frames": 50},
-                    {"name": "odd", "command": ["nuke", "odd.nk"], "frames": {"first": 1, "last": 99, "step": 2}},
+                    {
+                        "name": "odd",
+                        "command": ["nuke", "odd.nk"],
+                        "frames": {"first": 1, "last": 99, "step": 2},
+                    },
                     {"name": "notify", "command": "mail -s done ann"},
                 ],
                 "depends_on": ["render"],
@@ -203,7 +210,9 @@ def test_limits_are_inclusive() -> None:
     data = minimal()
     data["name"] = "x" * 200
     data["priority"] = 255
-    data["blocks"][0].update(capacity=1, memory_mb=0, retries=0, avoid_render_after=1, order=2, timeout_s=0.001)
+    data["blocks"][0].update(
+        capacity=1, memory_mb=0, retries=0, avoid_render_after=1, order=2, timeout_s=0.001
+    )
     assert parse_job(data).priority == 255
     data["priority"] = 0
     assert parse_job(data).priority == 0
@@ -222,7 +231,9 @@ def test_task_cap_is_inclusive() -> None:
     data["blocks"][0]["frames"] = {"first": 1, "last": 10 * MAX_TASKS_PER_JOB, "per_task": 10}
     parse_job(data)
     data["blocks"][0]["frames"] = {"first": 1, "last": 10 * MAX_TASKS_PER_JOB + 1, "per_task": 10}
-    assert problems(data) == [f"blocks: too many tasks in the job (got {MAX_TASKS_PER_JOB + 1} > {MAX_TASKS_PER_JOB})"]
+    assert problems(data) == [
+        f"blocks: too many tasks in the job (got {MAX_TASKS_PER_JOB + 1} > {MAX_TASKS_PER_JOB})"
+    ]
 
 
 def test_specs_travel_in_messages() -> None:
@@ -283,8 +294,14 @@ def test_longer_cycle_and_several_cycles() -> None:
     def block(name: str, *deps: str) -> Spec:
         return {"name": name, "command": "x", "frames": {"first": 1, "last": 1}, "depends_on": list(deps)}
 
-    data = {"name": "j", "blocks": [block("a", "b"), block("b", "c"), block("c", "a"), block("d", "e"), block("e", "d")]}
-    assert problems(data) == ["blocks: dependency cycle a -> b -> c -> a", "blocks: dependency cycle d -> e -> d"]
+    data = {
+        "name": "j",
+        "blocks": [block("a", "b"), block("b", "c"), block("c", "a"), block("d", "e"), block("e", "d")],
+    }
+    assert problems(data) == [
+        "blocks: dependency cycle a -> b -> c -> a",
+        "blocks: dependency cycle d -> e -> d",
+    ]
 
 
 def test_long_dependency_chain_is_no_problem() -> None:
@@ -330,7 +347,13 @@ def test_broken_types_do_not_crash() -> None:
 
 
 def test_broken_block_does_not_cause_unknown_block_guesses() -> None:
-    data = {"name": "j", "blocks": [{"name": 5}, {"name": "b", "command": "x", "frames": {"first": 1, "last": 1}, "depends_on": ["a"]}]}
+    data = {
+        "name": "j",
+        "blocks": [
+            {"name": 5},
+            {"name": "b", "command": "x", "frames": {"first": 1, "last": 1}, "depends_on": ["a"]},
+        ],
+    }
     lines = problems(data)
     assert lines[0] == "blocks[0].name: must be a string (got 5)"
     assert not any("unknown block" in line for line in lines)
@@ -396,19 +419,31 @@ CASES: list[tuple[Callable[[Spec], object], str]] = [
     (_delete(("blocks", 0, "name")), "blocks[0].name: is required"),
     (_set(("blocks", 0, "name"), ""), "blocks[0].name: must not be empty (got '')"),
     (_set(("blocks", 0, "name"), "x" * 201), "blocks[0].name: must be 1-200 characters long"),
-    (lambda s: s["blocks"].append(copy.deepcopy(s["blocks"][0])), "blocks[3].name: duplicate block name 'sim'"),
+    (
+        lambda s: s["blocks"].append(copy.deepcopy(s["blocks"][0])),
+        "blocks[3].name: duplicate block name 'sim'",
+    ),
     (_delete(("blocks", 0, "command")), "blocks[0].command: is required"),
     (_set(("blocks", 0, "command"), ""), "blocks[0].command: must not be empty (got '')"),
     (_set(("blocks", 0, "command"), "   "), "blocks[0].command: must not be empty (got '   ')"),
     (_set(("blocks", 0, "command"), []), "blocks[0].command: must not be an empty list (got [])"),
     (_set(("blocks", 0, "command"), ["a", 1]), "blocks[0].command[1]: must be a string (got 1)"),
-    (_set(("blocks", 0, "command"), ["", "a"]), "blocks[0].command[0]: the program must not be empty (got '')"),
-    (_set(("blocks", 0, "command"), 7), "blocks[0].command: must be a string (shell) or a list of strings (argv) (got 7)"),
+    (
+        _set(("blocks", 0, "command"), ["", "a"]),
+        "blocks[0].command[0]: the program must not be empty (got '')",
+    ),
+    (
+        _set(("blocks", 0, "command"), 7),
+        "blocks[0].command: must be a string (shell) or a list of strings (argv) (got 7)",
+    ),
     (
         _delete(("blocks", 2, "tasks", 1, "command")),
         "blocks[2].command: is required unless every task has its own command (got none for tasks[1])",
     ),
-    (_set(("blocks", 0, "tasks"), [{"name": "t"}]), "blocks[0]: needs exactly one of frames / tasks (got both)"),
+    (
+        _set(("blocks", 0, "tasks"), [{"name": "t"}]),
+        "blocks[0]: needs exactly one of frames / tasks (got both)",
+    ),
     (_delete(("blocks", 0, "frames")), "blocks[0]: needs exactly one of frames / tasks (got neither)"),
     # frames
     (_set(("blocks", 0, "frames", "fps"), 24), "blocks[0].frames.fps: unknown key"),
@@ -429,23 +464,53 @@ CASES: list[tuple[Callable[[Spec], object], str]] = [
     (_set(("blocks", 2, "tasks", 1, "name"), "slap"), "blocks[2].tasks[1].name: duplicate task name 'slap'"),
     (_delete(("blocks", 2, "tasks", 1, "name")), "blocks[2].tasks[1].name: is required"),
     (_set(("blocks", 2, "tasks", 1, "name"), ""), "blocks[2].tasks[1].name: must not be empty (got '')"),
-    (_set(("blocks", 2, "tasks", 1, "command"), ""), "blocks[2].tasks[1].command: must not be empty (got '')"),
+    (
+        _set(("blocks", 2, "tasks", 1, "command"), ""),
+        "blocks[2].tasks[1].command: must not be empty (got '')",
+    ),
     (_set(("blocks", 2, "tasks", 1, "command"), []), "blocks[2].tasks[1].command: must not be an empty list"),
-    (_set(("blocks", 2, "tasks", 1, "frames"), "x"), "blocks[2].tasks[1].frames: must be an int, a list [first, last]"),
-    (_set(("blocks", 2, "tasks", 1, "frames"), [1, 2, 3]), "blocks[2].tasks[1].frames: must be an int, a list"),
+    (
+        _set(("blocks", 2, "tasks", 1, "frames"), "x"),
+        "blocks[2].tasks[1].frames: must be an int, a list [first, last]",
+    ),
+    (
+        _set(("blocks", 2, "tasks", 1, "frames"), [1, 2, 3]),
+        "blocks[2].tasks[1].frames: must be an int, a list",
+    ),
     (_set(("blocks", 2, "tasks", 1, "frames"), True), "blocks[2].tasks[1].frames: must be an int, a list"),
-    (_set(("blocks", 2, "tasks", 1, "frames"), [5, 4]), "blocks[2].tasks[1].frames[1]: must be >= first (got 4 < 5)"),
-    (_set(("blocks", 2, "tasks", 1, "frames"), [5, "6"]), "blocks[2].tasks[1].frames[1]: must be an int (got '6')"),
-    (_set(("blocks", 2, "tasks", 1, "frames"), {"first": 5, "last": 4}), "blocks[2].tasks[1].frames.last: must be >= first (got 4 < 5)"),
+    (
+        _set(("blocks", 2, "tasks", 1, "frames"), [5, 4]),
+        "blocks[2].tasks[1].frames[1]: must be >= first (got 4 < 5)",
+    ),
+    (
+        _set(("blocks", 2, "tasks", 1, "frames"), [5, "6"]),
+        "blocks[2].tasks[1].frames[1]: must be an int (got '6')",
+    ),
+    (
+        _set(("blocks", 2, "tasks", 1, "frames"), {"first": 5, "last": 4}),
+        "blocks[2].tasks[1].frames.last: must be >= first (got 4 < 5)",
+    ),
     (_set(("blocks", 2, "tasks", 1, "frames"), {"first": 5}), "blocks[2].tasks[1].frames.last: is required"),
-    (_set(("blocks", 2, "tasks", 1, "frames"), {"first": 1, "last": 4, "step": 0}), "blocks[2].tasks[1].frames.step: must be >= 1 (got 0)"),
-    (_set(("blocks", 2, "tasks", 1, "frames"), {"first": 1, "last": 4, "per_task": 2}), "blocks[2].tasks[1].frames.per_task: unknown key"),
+    (
+        _set(("blocks", 2, "tasks", 1, "frames"), {"first": 1, "last": 4, "step": 0}),
+        "blocks[2].tasks[1].frames.step: must be >= 1 (got 0)",
+    ),
+    (
+        _set(("blocks", 2, "tasks", 1, "frames"), {"first": 1, "last": 4, "per_task": 2}),
+        "blocks[2].tasks[1].frames.per_task: unknown key",
+    ),
     # dependencies
     (_set(("blocks", 1, "depends_on"), "sim"), "blocks[1].depends_on: must be a list (got 'sim')"),
     (_set(("blocks", 1, "depends_on"), [""]), "blocks[1].depends_on[0]: must not be empty (got '')"),
     (_set(("blocks", 1, "depends_on"), ["sim", "fx"]), "blocks[1].depends_on[1]: unknown block 'fx'"),
-    (_set(("blocks", 1, "depends_on"), ["render"]), "blocks[1].depends_on[0]: a block cannot depend on itself (got 'render')"),
-    (_set(("blocks", 1, "depends_on_frames"), ["render"]), "blocks[1].depends_on_frames[0]: a block cannot depend on itself"),
+    (
+        _set(("blocks", 1, "depends_on"), ["render"]),
+        "blocks[1].depends_on[0]: a block cannot depend on itself (got 'render')",
+    ),
+    (
+        _set(("blocks", 1, "depends_on_frames"), ["render"]),
+        "blocks[1].depends_on_frames[0]: a block cannot depend on itself",
+    ),
     (_set(("blocks", 1, "depends_on_frames"), ["fx"]), "blocks[1].depends_on_frames[0]: unknown block 'fx'"),
     (
         _set(("blocks", 2, "depends_on_frames"), ["render"]),
@@ -459,9 +524,18 @@ CASES: list[tuple[Callable[[Spec], object], str]] = [
     ),
     (_set(("blocks", 0, "depends_on"), ["comp"]), "blocks: dependency cycle sim -> comp -> render -> sim"),
     # scheduling values
-    (_set(("blocks", 0, "order"), "random"), "blocks[0].order: must be 'sequential', 'reverse', 'middle' or an int >= 2 (got 'random')"),
-    (_set(("blocks", 0, "order"), 1), "blocks[0].order: must be 'sequential', 'reverse', 'middle' or an int >= 2 (got 1)"),
-    (_set(("blocks", 0, "order"), True), "blocks[0].order: must be 'sequential', 'reverse', 'middle' or an int >= 2 (got True)"),
+    (
+        _set(("blocks", 0, "order"), "random"),
+        "blocks[0].order: must be 'sequential', 'reverse', 'middle' or an int >= 2 (got 'random')",
+    ),
+    (
+        _set(("blocks", 0, "order"), 1),
+        "blocks[0].order: must be 'sequential', 'reverse', 'middle' or an int >= 2 (got 1)",
+    ),
+    (
+        _set(("blocks", 0, "order"), True),
+        "blocks[0].order: must be 'sequential', 'reverse', 'middle' or an int >= 2 (got True)",
+    ),
     (_set(("blocks", 0, "order"), 2.0), "blocks[0].order: must be"),
     (_set(("blocks", 0, "capacity"), 0), "blocks[0].capacity: must be >= 1 (got 0)"),
     (_set(("blocks", 0, "capacity"), None), "blocks[0].capacity: must be an int (got None)"),
@@ -472,23 +546,38 @@ CASES: list[tuple[Callable[[Spec], object], str]] = [
     (_set(("blocks", 0, "timeout_s"), 0), "blocks[0].timeout_s: must be > 0 (got 0)"),
     (_set(("blocks", 0, "timeout_s"), -2.5), "blocks[0].timeout_s: must be > 0 (got -2.5)"),
     (_set(("blocks", 0, "timeout_s"), "1h"), "blocks[0].timeout_s: must be a number (got '1h')"),
-    (_set(("blocks", 0, "timeout_s"), float("inf")), "blocks[0].timeout_s: must be a finite number (got inf)"),
+    (
+        _set(("blocks", 0, "timeout_s"), float("inf")),
+        "blocks[0].timeout_s: must be a finite number (got inf)",
+    ),
     (_set(("blocks", 0, "progress"), "(x"), "blocks[0].progress: invalid regex (got '(x')"),
-    (_set(("blocks", 0, "progress"), r"\d+%"), r"blocks[0].progress: must have exactly one group (got '\\d+%' with 0)"),
+    (
+        _set(("blocks", 0, "progress"), r"\d+%"),
+        r"blocks[0].progress: must have exactly one group (got '\\d+%' with 0)",
+    ),
     (_set(("blocks", 0, "progress"), r"(\d+)/(\d+)"), "blocks[0].progress: must have exactly one group"),
     (_set(("blocks", 0, "working_dir"), 5), "blocks[0].working_dir: must be a string (got 5)"),
     (_set(("blocks", 0, "working_dir"), ""), "blocks[0].working_dir: must not be empty (got '')"),
-    (_set(("blocks", 0, "env"), ["A=1"]), "blocks[0].env: must be a mapping of strings to strings (got ['A=1'])"),
+    (
+        _set(("blocks", 0, "env"), ["A=1"]),
+        "blocks[0].env: must be a mapping of strings to strings (got ['A=1'])",
+    ),
     (_set(("blocks", 0, "env"), {"A": 1}), "blocks[0].env.A: must be a string (got 1)"),
-    (_set(("blocks", 0, "env"), {"A=B": "1"}), "blocks[0].env: names must be non-empty strings without '=' (got 'A=B')"),
+    (
+        _set(("blocks", 0, "env"), {"A=B": "1"}),
+        "blocks[0].env: names must be non-empty strings without '=' (got 'A=B')",
+    ),
     (_set(("blocks", 0, "env"), {"": "1"}), "blocks[0].env: names must be non-empty strings without '='"),
     (_set(("blocks", 0, "tags"), [""]), "blocks[0].tags[0]: must not be empty (got '')"),
     (_set(("blocks", 0, "tags"), None), "blocks[0].tags: must be a list (got None)"),
     (_set(("blocks", 0, "hosts_mask"), "("), "blocks[0].hosts_mask: invalid regex (got '('): "),
     (_set(("blocks", 0, "hosts_exclude"), "+"), "blocks[0].hosts_exclude: invalid regex (got '+'): "),
     (_set(("blocks", 0, "max_running_tasks"), 0), "blocks[0].max_running_tasks: must be >= 1 (got 0)"),
-    (_set(("blocks", 0, "max_running_tasks_per_render"), False), "blocks[0].max_running_tasks_per_render: must be an int (got False)"),
-]  # fmt: skip
+    (
+        _set(("blocks", 0, "max_running_tasks_per_render"), False),
+        "blocks[0].max_running_tasks_per_render: must be an int (got False)",
+    ),
+]
 
 
 @pytest.mark.parametrize(("change", "expected"), CASES, ids=[expected for _, expected in CASES])
@@ -531,8 +620,26 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
     max_leaves=20,
 )
-KEYS = ["name", "blocks", "frames", "tasks", "first", "last", "step", "per_task", "command", "depends_on",
-        "depends_on_frames", "order", "tags", "env", "priority", "progress", "hosts_mask", "timeout_s"]  # fmt: skip
+KEYS = [
+    "name",
+    "blocks",
+    "frames",
+    "tasks",
+    "first",
+    "last",
+    "step",
+    "per_task",
+    "command",
+    "depends_on",
+    "depends_on_frames",
+    "order",
+    "tags",
+    "env",
+    "priority",
+    "progress",
+    "hosts_mask",
+    "timeout_s",
+]
 
 
 @given(json_values)
@@ -597,6 +704,7 @@ def test_canonical_dict_is_independent_of_how_the_spec_was_written() -> None:
 names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=8)
 regexes = st.sampled_from([None, "r.*", "a|b", "[0-9]+"])
 caps = st.none() | st.integers(1, 100)
+task_frames = st.integers(0, 9) | st.just([1, 3]) | st.just({"first": 2, "last": 8, "step": 3})
 commands = st.text(min_size=1, max_size=10).filter(str.strip) | st.lists(names, min_size=1, max_size=3)
 
 
@@ -616,22 +724,26 @@ def job_specs(draw: st.DrawFn) -> Spec:
             }
         else:
             task_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
-            block["tasks"] = [
-                {
-                    "name": t,
-                    **({"command": draw(commands)} if draw(st.booleans()) else {}),
-                    **({"frames": draw(st.integers(0, 9) | st.just([1, 3]) | st.just({"first": 2, "last": 8, "step": 3}))}
-                       if draw(st.booleans()) else {}),
-                }
-                for t in task_names
-            ]  # fmt: skip
+            block["tasks"] = []
+            for t in task_names:
+                task: Spec = {"name": t}
+                if draw(st.booleans()):
+                    task["command"] = draw(commands)
+                if draw(st.booleans()):
+                    task["frames"] = draw(task_frames)
+                block["tasks"].append(task)
         if i:
             block["depends_on"] = draw(st.lists(st.sampled_from(block_names[:i]), max_size=2))
         for key, strategy in (
             ("order", st.sampled_from(["sequential", "reverse", "middle", 2, 7])),
             ("capacity", st.integers(1, 8)),
             ("timeout_s", st.none() | st.floats(0.1, 1e6) | st.integers(1, 100)),
-            ("env", st.dictionaries(st.sampled_from(["A", "B", "PATH"]), st.text(max_size=4).filter(lambda s: "\0" not in s))),
+            (
+                "env",
+                st.dictionaries(
+                    st.sampled_from(["A", "B", "PATH"]), st.text(max_size=4).filter(lambda s: "\0" not in s)
+                ),
+            ),
             ("tags", st.lists(names, max_size=3)),
             ("hosts_mask", regexes),
             ("max_running_tasks", caps),
@@ -692,7 +804,9 @@ def test_format_command_argv() -> None:
 
 
 def test_format_command_frameless_task() -> None:
-    got = format_command("notify {first}:{last}:{frame}:{task}", first=None, last=None, step=1, task="n", job=1, block="b")
+    got = format_command(
+        "notify {first}:{last}:{frame}:{task}", first=None, last=None, step=1, task="n", job=1, block="b"
+    )
     assert got == "notify :::n"
 
 

@@ -1,0 +1,7 @@
+"""``python -m farmhand``: the same as the ``farmhand`` command."""
+
+import sys
+
+from farmhand.cli import main
+
+sys.exit(main())
