@@ -46,7 +46,7 @@ from .messages import (
     Tick,
 )
 from .runtime import EVENTS, REGISTRY, SOLVER, Context, render_address
-from .spec import BlockSpec, JobSpec, format_command
+from .spec import BlockSpec, CommandTemplate, JobSpec
 
 WAITING, READY, RUNNING, DONE, ERROR, SKIPPED = range(6)
 STATE_NAMES = ("waiting", "ready", "running", "done", "error", "skipped")
@@ -61,6 +61,7 @@ class Task:
         "attempt",
         "failures",
         "frames",
+        "frames_text",
         "index",
         "output",
         "percent",
@@ -87,19 +88,16 @@ class Task:
         self.render = ""
         self.percent = -1
         self.output: tuple[str, ...] = ()
+        first, last = frames.first, frames.last
+        if first is None:
+            self.frames_text = ""
+        else:
+            self.frames_text = str(first) if last is None or last == first else f"{first}-{last}"
 
     @property
     def state_name(self) -> str:
         """The state as the contract names it."""
         return STATE_NAMES[self.state]
-
-    @property
-    def frames_text(self) -> str:
-        """The frames the task covers, as ``first-last`` (or one frame, or empty)."""
-        first, last = self.frames.first, self.frames.last
-        if first is None:
-            return ""
-        return str(first) if last is None or last == first else f"{first}-{last}"
 
 
 class Block:
@@ -108,6 +106,7 @@ class Block:
     __slots__ = (
         "avoided",
         "blocked",
+        "command",
         "down_blocks",
         "frame_down",
         "handled",
@@ -120,6 +119,7 @@ class Block:
         "running",
         "spec",
         "tasks",
+        "templates",
         "unfinished",
     )
 
@@ -132,6 +132,8 @@ class Block:
         for position, task_index in enumerate(order):
             ranks[task_index] = position
         self.tasks = [Task(i, f, ranks[i]) for i, f in enumerate(frames)]
+        self.command = CommandTemplate(spec.command) if spec.command is not None else None
+        self.templates: dict[str | tuple[str, ...], CommandTemplate] = {}
         self.heap: list[tuple[int, int]] = []
         self.ready = 0
         self.running = 0
@@ -144,6 +146,16 @@ class Block:
         self.reported_handled = 0
         self.render_failures: dict[str, int] = {}
         self.avoided: set[str] = set()
+
+
+    def template(self, command: str | tuple[str, ...] | None) -> CommandTemplate | None:
+        """The compiled template of a task's own command (cached per block)."""
+        if command is None:
+            return self.command
+        template = self.templates.get(command)
+        if template is None:
+            template = self.templates[command] = CommandTemplate(command)
+        return template
 
 
 class LiveRun:
@@ -180,6 +192,9 @@ class JobBehaviour:
         self.blocks = [Block(i, b) for i, b in enumerate(spec.blocks)]
         self.total_tasks = sum(len(b.tasks) for b in self.blocks)
         self.live: dict[int, LiveRun] = {}
+        self.capped = spec.max_running_tasks is not None or any(
+            b.max_running_tasks is not None for b in spec.blocks
+        )
         self._wire_dependencies()
         self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
             Dispatch: self._on_dispatch,
@@ -282,6 +297,8 @@ class JobBehaviour:
         if self.paused or self.deleted or not self.started:
             return 0
         count = block.ready
+        if not self.capped:
+            return count
         cap = block.spec.max_running_tasks
         if cap is not None:
             count = min(count, cap - block.running)
@@ -314,18 +331,22 @@ class JobBehaviour:
             self._report(block, ctx)
             ctx.send(SOLVER, DispatchDeclined(ctx.next_id(), msg.id, self.job_id, msg.block, msg.render))
             return
+        now = ctx.now
+        run_id = msg.id
+        render = msg.render
         task.state = RUNNING
         task.attempt += 1
-        task.run_id = msg.id
-        task.render = msg.render
-        task.start_time = ctx.now
+        task.run_id = run_id
+        task.render = render
+        task.start_time = now
         task.percent = -1
         block.ready -= 1
         block.running += 1
         self.running += 1
-        self.live[msg.id] = LiveRun(block.index, task.index, task.attempt, msg.render, ctx.now)
-        ctx.send(render_address(msg.render), self._assign(block, task, msg))
-        self._report_after_run_change(block, ctx)
+        self.live[run_id] = LiveRun(block.index, task.index, task.attempt, render, now)
+        ctx.send(render_address(render), self._assign(block, task, msg))
+        if self.capped:
+            self._report_after_run_change(block, ctx)
 
     def _pop_ready(self, block: Block) -> Task | None:
         heap = block.heap
@@ -340,11 +361,9 @@ class JobBehaviour:
     def _assign(self, block: Block, task: Task, msg: Dispatch) -> Assign:
         spec = block.spec
         f = task.frames
-        template = f.command if f.command is not None else spec.command
+        template = block.command if f.command is spec.command else block.template(f.command)
         assert template is not None  # validated: a block without a command has commands on every task
-        command = format_command(
-            template, first=f.first, last=f.last, step=f.step, task=task.index, job=self.job_id, block=spec.name
-        )
+        command = template.fill(f.first, f.last, f.step, task.index, self.job_id, spec.name)
         return Assign(
             msg.id, msg.id, self.job_id, block.index, task.index, task.attempt, msg.render, command,
             f.name, self.spec.name, spec.name, spec.capacity, spec.memory_mb, spec.working_dir, spec.env,

@@ -117,7 +117,6 @@ class JobSlot:
         "max_per_render",
         "paused",
         "priority",
-        "runs",
         "seq",
         "submit_time",
         "user",
@@ -135,13 +134,12 @@ class JobSlot:
         self.group = group
         self.key: tuple[Any, ...] = ()
         self.blocks: list[BlockEntry] = []
-        self.runs: set[int] = set()
 
 
 class BlockEntry:
     """One block of one job in the solver's index: its needs and its ready count."""
 
-    __slots__ = ("avoid", "handled", "hosts_ok", "item", "job", "needs", "ready", "sent", "seq", "tagset")
+    __slots__ = ("avoid", "handled", "hosts_ok", "item", "job", "needs", "ready", "sent", "seq", "simple", "tagset")
 
     def __init__(self, job: JobSlot, needs: BlockNeeds, seq: int) -> None:
         self.job = job
@@ -156,6 +154,8 @@ class BlockEntry:
         self.hosts_ok: dict[str, bool] | None = (
             {} if needs.hosts_mask is not None or needs.hosts_exclude is not None else None
         )
+        #: True while only capacity and memory matter (no masks, caps or avoided renders): the fast path
+        self.simple = self.hosts_ok is None and needs.max_per_render is None and job.max_per_render is None
 
     @property
     def effective_ready(self) -> int:
@@ -326,28 +326,49 @@ class Solver:
 
     def decide(self, render: RenderSlot) -> BlockEntry | None:
         """The best entry, under the policy, that may run a task on ``render`` now; None if there is none."""
-        tagsets = self._compatible_tagsets(render)
-        entries = self._entries
-        eligible = self.eligible
+        tagsets = render.compat if render.compat_version == self._tagset_version else self._compatible_tagsets(render)
+        if not self.policy.grouped:
+            group = self._shared_group
+            return self._best_in(group, tagsets, render) if group.count else None
+        by_seq = self._group_by_seq
         for group_item in self._groups:
-            group = self._group_by_seq[group_item[-1]] if self.policy.grouped else self._shared_group
-            best_item: tuple[Any, ...] | None = None
-            best: BlockEntry | None = None
-            buckets = group.buckets
-            for tagset in tagsets:
-                bucket = buckets.get(tagset)
-                if not bucket:
-                    continue
-                for item in bucket:
-                    if best_item is not None and item >= best_item:
-                        break
-                    entry = entries[item[-1]]
-                    if eligible(entry, render):
-                        best_item = item
-                        best = entry
-                        break
+            best = self._best_in(by_seq[group_item[-1]], tagsets, render)
             if best is not None:
                 return best
+        return None
+
+    def _best_in(self, group: UserGroup, tagsets: list[frozenset[str]], render: RenderSlot) -> BlockEntry | None:
+        """The best eligible entry of one group: the first eligible of each tag bucket, the smallest of those."""
+        best_item: tuple[Any, ...] | None = None
+        best: BlockEntry | None = None
+        buckets = group.buckets
+        for tagset in tagsets:
+            bucket = buckets.get(tagset)
+            if bucket:
+                found = self._first_eligible(bucket, render, best_item)
+                if found is not None:
+                    best = found
+                    best_item = found.item
+        return best
+
+    def _first_eligible(
+        self, bucket: SortedList, render: RenderSlot, bound: tuple[Any, ...] | None
+    ) -> BlockEntry | None:
+        """The first entry of ``bucket`` (in key order, below ``bound``) that may run on ``render``."""
+        entries = self._entries
+        free_cap = render.free_cap
+        free_mem = render.free_mem
+        # walk the SortedList's sublists directly: the public iterator costs more than the decision
+        for sub in bucket._lists:
+            for item in sub:
+                if bound is not None and item >= bound:
+                    return None
+                entry = entries[item[-1]]
+                needs = entry.needs
+                if needs.capacity > free_cap or needs.memory_mb > free_mem:
+                    continue
+                if entry.simple or self.eligible(entry, render):
+                    return entry
         return None
 
     def _fill(self, render: RenderSlot, ctx: Context) -> None:
@@ -415,7 +436,6 @@ class Solver:
 
     def _count_start(self, run_id: int, render: RenderSlot, entry: BlockEntry, capacity: int, now: float) -> None:
         job = entry.job
-        job.runs.add(run_id)
         if job.max_per_render is not None:
             render.per_job[job.job_id] = render.per_job.get(job.job_id, 0) + 1
         if entry.needs.max_per_render is not None:
@@ -441,7 +461,6 @@ class Solver:
         render.runs.discard(run_id)
         if entry is not None:
             job = entry.job
-            job.runs.discard(run_id)
             if job.max_per_render is not None:
                 _decrement(render.per_job, job.job_id)
             if entry.needs.max_per_render is not None:
@@ -488,7 +507,8 @@ class Solver:
         for entry in job.blocks:
             self._unindex(entry)
             del self._entries[entry.seq]
-        freed = {r for run_id in sorted(job.runs) if (r := self._release(run_id, ctx.now)) is not None}
+        runs = sorted(run_id for run_id, run in self.runs.items() if run[1] is not None and run[1].job is job)
+        freed = {r for run_id in runs if (r := self._release(run_id, ctx.now)) is not None}
         for render in sorted(freed, key=_by_seq):
             self._fill(render, ctx)
 
@@ -504,7 +524,9 @@ class Solver:
     def _on_avoid(self, msg: AvoidRender, ctx: Context) -> None:
         job = self.jobs.get(msg.job_id)
         if job is not None:
-            job.blocks[msg.block].avoid.add(msg.render)
+            entry = job.blocks[msg.block]
+            entry.avoid.add(msg.render)
+            entry.simple = False
 
     def _on_declined(self, msg: DispatchDeclined, ctx: Context) -> None:
         job = self.jobs.get(msg.job_id)

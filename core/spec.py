@@ -879,6 +879,51 @@ def spec_to_dict(spec: JobSpec) -> dict[str, object]:
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 
+class CommandTemplate:
+    """A command with its placeholders located once, filled per task on the dispatch path.
+
+    Placeholders are ``{first}`` ``{last}`` ``{frame}`` (= first) ``{step}`` ``{task}`` ``{job}``
+    ``{block}``; every other brace (``${HOME}``, awk's ``{print $1}``) is left alone. All are filled in one
+    pass, so a value that itself contains a placeholder is not filled again. A frameless task gives ``""``
+    for ``{first}``/``{last}``/``{frame}``. An argv command has every item filled.
+    """
+
+    __slots__ = ("_argv", "_parts")
+
+    def __init__(self, command: str | tuple[str, ...]) -> None:
+        self._argv = not isinstance(command, str)
+        items = command if isinstance(command, tuple) else (command,)
+        # literal text at even positions, placeholder names at odd positions
+        self._parts = tuple(tuple(_PLACEHOLDER.split(item)) for item in items)
+
+    def fill(
+        self, first: int | None, last: int | None, step: int, task: int | str, job: int, block: str
+    ) -> str | tuple[str, ...]:
+        """The command of one task."""
+        out = []
+        for parts in self._parts:
+            if len(parts) == 1:
+                out.append(parts[0])
+                continue
+            buf = list(parts)
+            for i in range(1, len(buf), 2):
+                name = buf[i]
+                if name == "frame" or name == "first":
+                    buf[i] = "" if first is None else str(first)
+                elif name == "last":
+                    buf[i] = "" if last is None else str(last)
+                elif name == "task":
+                    buf[i] = str(task)
+                elif name == "job":
+                    buf[i] = str(job)
+                elif name == "block":
+                    buf[i] = block
+                else:
+                    buf[i] = str(step)
+            out.append("".join(buf))
+        return tuple(out) if self._argv else out[0]
+
+
 def format_command(
     command: str | tuple[str, ...],
     *,
@@ -889,28 +934,5 @@ def format_command(
     job: int,
     block: str,
 ) -> str | tuple[str, ...]:
-    """Fill the placeholders ``{first}`` ``{last}`` ``{frame}`` ``{step}`` ``{task}`` ``{job}`` ``{block}``.
-
-    Only those exact placeholders are replaced; every other brace (``${HOME}``, awk's ``{print $1}``) is
-    left alone. All are replaced in one pass, so a value that itself contains a placeholder (a block named
-    ``{job}``) is not replaced again. A frameless task gives ``""`` for ``{first}``/``{last}``/``{frame}``.
-    An argv command has every item filled.
-    """
-    values = {
-        "first": "" if first is None else str(first),
-        "last": "" if last is None else str(last),
-        "frame": "" if first is None else str(first),
-        "step": str(step),
-        "task": str(task),
-        "job": str(job),
-        "block": block,
-    }
-
-    def fill(text: str) -> str:
-        if "{" not in text:
-            return text
-        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
-
-    if isinstance(command, str):
-        return fill(command)
-    return tuple(fill(item) for item in command)
+    """Fill the placeholders of ``command`` for one task (see :class:`CommandTemplate`)."""
+    return CommandTemplate(command).fill(first, last, step, task, job, block)
