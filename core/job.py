@@ -422,10 +422,13 @@ class JobBehaviour:
         self.running -= 1
 
     def _on_finished(self, msg: TaskFinished, ctx: Context) -> None:
-        current = self._current(msg.block, msg.task, msg.run_id)
-        state = msg.state if msg.state in ("done", "error", "killed") else "error"
-        if self._close_run(msg.run_id, state, ctx) is None:
+        live = self.live.get(msg.run_id)
+        if live is None:
             return
+        # the run id names the run: trust our record of which task it runs over the report's indices
+        current = self._current(live.block, live.task, msg.run_id)
+        state = msg.state if msg.state in ("done", "error", "killed") else "error"
+        self._close_run(msg.run_id, state, ctx)
         if current is not None:
             block, task = current
             if msg.output_tail:
@@ -441,9 +444,11 @@ class JobBehaviour:
         self._update_job_state(ctx)
 
     def _on_lost(self, msg: RunLost, ctx: Context) -> None:
-        current = self._current(msg.block, msg.task, msg.run_id)
-        if self._close_run(msg.run_id, "lost", ctx) is None:
+        live = self.live.get(msg.run_id)
+        if live is None:
             return
+        current = self._current(live.block, live.task, msg.run_id)
+        self._close_run(msg.run_id, "lost", ctx)
         if current is not None:
             block, task = current
             self._end_current(block, task)
@@ -541,12 +546,19 @@ class JobBehaviour:
             if not self.gated:
                 self._release_ready(self.blocks, ctx)
 
+    def _stuck(self) -> bool:
+        """Whether no task can move on without a user: none ready or running, and no gate left to open.
+
+        Then every waiting task waits, directly or not, on a task in error (dependencies are acyclic).
+        """
+        return not self.running and not self.gated and not any(b.ready for b in self.blocks)
+
     def _update_job_state(self, ctx: Context) -> None:
         if self.deleted:
             return
         if self.finished_tasks == self.total_tasks:
             state = "done"
-        elif self.finished_tasks + self.error_tasks == self.total_tasks:
+        elif self.error_tasks and self._stuck():
             state = "error"
         else:
             state = "active"

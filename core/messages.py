@@ -82,6 +82,10 @@ class SubmitJob(Message, frozen=True):
     user: str
     reply_address: str = ""
     job_id: int = 0  # a fixed id (restoring from a store); 0 lets the registry choose
+    submit_time: float | None = None  # the original submission time (restoring); None: now
+    task_events: bool = False  # the job tells the event sink each lasting task change (TaskChanged)
+    restore: tuple[TaskSnapshot, ...] = ()  # task states to bring back before the job starts
+    reclaim_s: float = 60.0  # restored running tasks wait this long for their worker
 
 
 class JobAccepted(Message, frozen=True):
@@ -286,10 +290,11 @@ class Goodbye(Message, frozen=True):
 
 
 class RenderOnline(Message, frozen=True):
-    """A render is up: the solver may dispatch to it; ``running`` occupies capacity already."""
+    """A render is up: the solver may dispatch to it (unless ``paused``); ``running`` occupies capacity already."""
 
     info: RenderInfo
     running: tuple[RunningRun, ...] = ()
+    paused: bool = False
 
 
 class RenderOffline(Message, frozen=True):
@@ -401,6 +406,39 @@ class ReclaimRun(Message, frozen=True):
 
 
 # --------------------------------------------------------------------------------------------
+# The wire handshake (transport only: the gateway answers these, no behaviour sees them)
+# --------------------------------------------------------------------------------------------
+
+
+class Handshake(Message, frozen=True):
+    """A worker's first frame on a new connection: its protocol version and the farm token.
+
+    Its shape never changes, so that any version of a server can read any version of a worker's first frame.
+    The token is a secret: never log this message.
+    """
+
+    version: int
+    token: str
+    agent: str = ""
+
+
+class HandshakeAccepted(Message, frozen=True):
+    """The server speaks the worker's protocol version and accepts its token; ``Hello`` may follow."""
+
+    reply_to: int
+    version: int
+    agent: str = ""
+
+
+class HandshakeRefused(Message, frozen=True):
+    """The server refuses the connection (version or token); it closes the connection after this frame."""
+
+    reply_to: int
+    reason: str
+    version: int = PROTOCOL_VERSION
+
+
+# --------------------------------------------------------------------------------------------
 # Records for the outside world (the event sink)
 # --------------------------------------------------------------------------------------------
 
@@ -428,6 +466,103 @@ class Tick(Message, frozen=True):
 
     name: str
     ref: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Persistence and queries (a server with a store; a client API)
+# --------------------------------------------------------------------------------------------
+
+
+class TaskSnapshot(msgspec.Struct, frozen=True, gc=False):
+    """One task's lasting state, as a store keeps it and gives it back on restore.
+
+    ``state`` is a task state name (``waiting`` and ``ready`` both restore as waiting); ``run_id``,
+    ``render`` and ``start_time`` describe the current run of a ``running`` task.
+    """
+
+    block: int
+    task: int
+    state: str
+    attempt: int = 0
+    failures: int = 0
+    run_id: int = 0
+    render: str = ""
+    ready_time: float = 0.0
+    start_time: float = 0.0
+
+
+class TaskChanged(Message, frozen=True):
+    """A job with ``task_events`` tells the event sink that a task's lasting state changed."""
+
+    job_id: int
+    snapshot: TaskSnapshot
+    time: float
+
+
+class RestoreTasks(Message, frozen=True):
+    """Sent by the registry before ``StartJob`` to a job restored from a store: bring its tasks back.
+
+    Done, skipped and error tasks stay so; running tasks stay running under their run ids until their
+    worker reclaims them, and are requeued (run lost) if none has after ``reclaim_s`` seconds.
+    """
+
+    job_id: int
+    tasks: tuple[TaskSnapshot, ...]
+    reclaim_s: float = 60.0
+
+
+class JobQuery(Message, frozen=True):
+    """Ask a job (through the registry) for its :class:`JobDetail`; ``block``/``task`` pick whose output lines."""
+
+    job_id: int
+    reply_address: str
+    block: int = -1
+    task: int = -1
+    lines: int = 20
+
+
+class TaskView(msgspec.Struct, frozen=True, gc=False):
+    """One task as a client sees it."""
+
+    block: int
+    task: int
+    name: str
+    frames: str
+    state: str
+    attempt: int
+    failures: int
+    render: str
+    percent: int
+    run_id: int = 0
+    start_time: float = 0.0
+
+
+class BlockView(msgspec.Struct, frozen=True, gc=False):
+    """One block as a client sees it: its name, its dependencies and how many tasks are in each state."""
+
+    index: int
+    name: str
+    depends_on: tuple[str, ...]
+    depends_on_frames: tuple[str, ...]
+    counts: tuple[tuple[str, int], ...]
+
+
+class JobDetail(Message, frozen=True):
+    """A job's answer to :class:`JobQuery`: its settings, blocks, tasks and the chosen task's last output lines."""
+
+    reply_to: int
+    job_id: int
+    name: str
+    user: str
+    state: str
+    priority: int
+    paused: bool
+    submit_time: float
+    blocks: tuple[BlockView, ...]
+    tasks: tuple[TaskView, ...]
+    output_block: int = -1
+    output_task: int = -1
+    output: tuple[str, ...] = ()
 
 
 def message_types() -> dict[str, type[Message]]:

@@ -6,6 +6,9 @@ which jobs it waits on: the ``depends_on_jobs`` ids plus, as of submission, ever
 whose name fully matches ``depend_mask`` (same user) or ``depend_mask_global`` (any user). Taking the mask
 matches at submission keeps two jobs from ever waiting on each other. A deleted upstream releases its
 dependents, as a done one does.
+
+A server restoring from its store re-submits each job with its fixed id, its original submission time and
+its tasks' lasting states; the registry hands those to the new job (``RestoreTasks``) before starting it.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from .messages import (
     JobAccepted,
     JobAction,
     JobDependencyMet,
+    JobQuery,
     JobRefused,
     JobStateChanged,
     Message,
+    RestoreTasks,
     StartJob,
     SubmitJob,
 )
@@ -53,6 +58,7 @@ class Registry:
             SubmitJob: self._on_submit,
             JobStateChanged: self._on_state,
             JobAction: self._on_action,
+            JobQuery: self._on_action,
         }
 
     def handle(self, message: Message, ctx: Context) -> None:
@@ -91,7 +97,10 @@ class Registry:
         for upstream in waits:
             self.jobs[upstream].waiters.add(job_id)
         address = job_address(job_id)
-        ctx.spawn(address, JobBehaviour(job_id, spec, msg.user, ctx.now))
+        submit_time = ctx.now if msg.submit_time is None else msg.submit_time
+        ctx.spawn(address, JobBehaviour(job_id, spec, msg.user, submit_time, task_events=msg.task_events))
+        if msg.restore:
+            ctx.send(address, RestoreTasks(ctx.next_id(), job_id, msg.restore, msg.reclaim_s))
         ctx.send(address, StartJob(ctx.next_id(), tuple(sorted(waits))))
         if msg.reply_address:
             ctx.send(msg.reply_address, JobAccepted(ctx.next_id(), msg.id, job_id))
@@ -111,7 +120,7 @@ class Registry:
         else:
             entry.done = False
 
-    def _on_action(self, msg: JobAction, ctx: Context) -> None:
+    def _on_action(self, msg: JobAction | JobQuery, ctx: Context) -> None:
         if msg.job_id not in self.jobs:
             if msg.reply_address:
                 ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, msg.job_id, f"no job {msg.job_id}"))

@@ -86,10 +86,9 @@ class RenderBehaviour:
         for run_id in sorted(self.runs):
             if run_id not in reported:
                 self._lose(self.runs.pop(run_id), "worker restarted", ctx)
-        self.state = ONLINE
-        ctx.send(SOLVER, RenderOnline(ctx.next_id(), msg.info, msg.running))
-        if self.paused:
-            ctx.send(SOLVER, RenderPaused(ctx.next_id(), self.name, True))
+        self.state = PAUSED if self.paused else ONLINE
+        # paused travels with the registration: the solver must not fill a paused render in between
+        ctx.send(SOLVER, RenderOnline(ctx.next_id(), msg.info, msg.running, self.paused))
         for run in msg.running:
             if run.run_id not in self.runs:
                 self.runs[run.run_id] = run

@@ -32,6 +32,7 @@ from .messages import (
     JobClosed,
     JobOpened,
     JobUpdated,
+    KillRun,
     Message,
     RenderInfo,
     RenderOffline,
@@ -42,7 +43,7 @@ from .messages import (
     SetUser,
 )
 from .policies import Policy, UserState
-from .runtime import Context, job_address
+from .runtime import Context, job_address, render_address
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
 
@@ -558,17 +559,27 @@ class Solver:
     def _on_render_online(self, msg: RenderOnline, ctx: Context) -> None:
         info = msg.info
         old = self.renders.get(info.name)
-        known: dict[int, BlockEntry | None] = {}
-        if old is not None:  # a reconnection: start the ledger afresh from what the worker reports
+        render = RenderSlot(info, old.seq if old is not None else self._next_seq())
+        render.paused = msg.paused or (old is not None and old.paused)
+        if old is not None:
+            # a reconnection: every run the ledger holds stays held. Runs the worker no longer has come back
+            # as RunEnded (the render reports them lost to their jobs), and a dispatch still on its way to
+            # the render will run there: forgetting it would give the render more than its capacity.
             self._set_idle(old, False)
             for run_id in sorted(old.runs):
-                known[run_id] = self.runs[run_id][1]
+                _, entry, capacity, memory = self.runs[run_id]
                 self._release(run_id, ctx.now)
-        render = RenderSlot(info, old.seq if old is not None else self._next_seq())
-        render.paused = old.paused if old is not None else False
+                self._occupy(run_id, render, entry, capacity, memory, ctx.now)
         self.renders[info.name] = render
         for run in msg.running:
-            self._occupy(run.run_id, render, known.get(run.run_id), run.capacity, run.memory_mb, ctx.now)
+            if run.run_id in self.runs:
+                continue
+            if run.job_id not in self.jobs:
+                # its job is gone (deleted while the render was away): nobody would ever release it
+                kill = KillRun(ctx.next_id(), run.run_id, run.job_id, info.name, "job gone")
+                ctx.send(render_address(info.name), kill)
+                continue
+            self._occupy(run.run_id, render, None, run.capacity, run.memory_mb, ctx.now)
         self._fill(render, ctx)
 
     def _on_render_offline(self, msg: RenderOffline, ctx: Context) -> None:

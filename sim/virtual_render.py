@@ -39,6 +39,7 @@ class VirtualWorker:
         speed: float = 1.0,
         failure_probability: float = 0.0,
         heartbeat: bool = False,
+        fails: Callable[[Assign], bool] | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be > 0 (got {speed})")
@@ -47,6 +48,7 @@ class VirtualWorker:
         self.speed = speed
         self.failure_probability = failure_probability
         self.heartbeat = heartbeat
+        self.fails = fails  # a deterministic failure rule (tests, scenarios), besides the probability
         self.heartbeat_s = 0.0
         self.running: dict[int, Assign] = {}
         self._timed_out: set[int] = set()
@@ -111,7 +113,11 @@ class VirtualWorker:
             return
         timed_out = run_id in self._timed_out
         self._timed_out.discard(run_id)
-        failed = timed_out or (self.failure_probability > 0 and ctx.random.random() < self.failure_probability)
+        failed = (
+            timed_out
+            or (self.fails is not None and self.fails(assign))
+            or (self.failure_probability > 0 and ctx.random.random() < self.failure_probability)
+        )
         self.completed += 1
         ctx.send(
             self._render,

@@ -817,3 +817,24 @@ def test_counts_and_task_states_views() -> None:
     finish(job, ctx, assign(job, ctx), "error")
     assert job.counts() == {"waiting": 0, "ready": 1, "running": 0, "done": 1, "error": 1, "skipped": 0}
     assert job.task_states() == {("a", "1"): "done", ("a", "2"): "error", ("a", "3"): "ready"}
+
+
+def test_job_is_in_error_once_nothing_can_move_without_a_user() -> None:
+    # regression: the job used to stay "active" forever when an error task had waiting dependents
+    job = make_job(block("a", last=2, retries=0), block("b", last=2, depends_on_frames=["a"]))
+    ctx = Recorder()
+    started(job, ctx)
+    bad, good = assign(job, ctx), assign(job, ctx)
+    finish(job, ctx, bad, "error")
+    assert job.state == "active"  # a's second task still runs, b may still progress
+    finish(job, ctx, good)
+    assert job.state == "active"  # b's second task is ready
+    finish(job, ctx, assign(job, ctx, 1))
+    assert states(job, 1) == ["waiting", "done"]
+    assert job.state == "error"
+    assert [(t, m.state, m.tasks_done, m.tasks_error) for t, m in ctx.sent if isinstance(m, JobStateChanged)] == [
+        (REGISTRY, "error", 2, 1), (EVENTS, "error", 2, 1),
+    ]
+    ctx.take()
+    act(job, ctx, "restart", errors_only=True)
+    assert job.state == "active" and [m.state for m in ctx.take(JobStateChanged)] == ["active", "active"]
