@@ -73,6 +73,7 @@ class RenderSlot:
         "free_cap",
         "free_mem",
         "free_tasks",
+        "held_for",
         "idle",
         "max_tasks",
         "memory",
@@ -99,6 +100,7 @@ class RenderSlot:
         self.online = True
         self.paused = False
         self.idle = False
+        self.held_for: BlockEntry | None = None  # a starving block this render is kept free for
         self.runs: set[int] = set()
         self.per_job: dict[int, int] = {}
         self.per_block: dict[tuple[int, int], int] = {}
@@ -140,7 +142,21 @@ class JobSlot:
 class BlockEntry:
     """One block of one job in the solver's index: its needs and its ready count."""
 
-    __slots__ = ("avoid", "handled", "hosts_ok", "item", "job", "needs", "ready", "sent", "seq", "simple", "tagset")
+    __slots__ = (
+        "avoid",
+        "blocked_since",
+        "handled",
+        "holds",
+        "hosts_ok",
+        "item",
+        "job",
+        "needs",
+        "ready",
+        "sent",
+        "seq",
+        "simple",
+        "tagset",
+    )
 
     def __init__(self, job: JobSlot, needs: BlockNeeds, seq: int) -> None:
         self.job = job
@@ -152,6 +168,8 @@ class BlockEntry:
         self.sent = 0
         self.item: tuple[Any, ...] | None = None
         self.avoid: set[str] = set()
+        self.blocked_since: float | None = None  # since when it has ranked first somewhere but not fitted
+        self.holds = 0  # renders kept free for it
         self.hosts_ok: dict[str, bool] | None = (
             {} if needs.hosts_mask is not None or needs.hosts_exclude is not None else None
         )
@@ -183,8 +201,12 @@ _Run = tuple[RenderSlot, BlockEntry | None, int, int]
 class Solver:
     """The solver behaviour: the policy-ordered index of ready work and the render capacity ledger."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, reserve_after_s: float | None = 60.0) -> None:
         self.policy = policy
+        #: the starvation guard: a block that ranks first for a render but has not fitted in its free
+        #: capacity for this long gets the render kept free for it (None: never)
+        self.reserve_after_s = reserve_after_s
+        self._now = 0.0
         self.renders: dict[str, RenderSlot] = {}
         self.jobs: dict[int, JobSlot] = {}
         self.users: dict[str, UserGroup] = {}
@@ -282,6 +304,7 @@ class Solver:
         group = self._index_group(entry.job.group)
         group.buckets[entry.tagset].remove(entry.item)
         entry.item = None
+        entry.blocked_since = None
         group.count -= 1
         if group.count == 0:
             self._groups.remove(group.item)
@@ -367,10 +390,48 @@ class Solver:
                 entry = entries[item[-1]]
                 needs = entry.needs
                 if needs.capacity > free_cap or needs.memory_mb > free_mem:
+                    if self.reserve_after_s is not None and self._may_hold(entry, render):
+                        return entry  # it does not fit: the caller keeps the render for it
                     continue
                 if entry.simple or self.eligible(entry, render):
                     return entry
         return None
+
+    def _may_hold(self, entry: BlockEntry, render: RenderSlot) -> bool:
+        """Whether ``render`` should be kept free for ``entry``, which ranks first but does not fit now."""
+        needs = entry.needs
+        if needs.capacity > render.capacity or needs.memory_mb > render.memory:
+            return False  # it never fits there
+        held = render.held_for
+        if held is entry:
+            return entry.holds <= entry.effective_ready
+        if held is not None and held.item is not None:
+            return False  # kept for another block already
+        after = self.reserve_after_s
+        if after is None or not (entry.simple or self._eligible_but_for_size(entry, render)):
+            return False
+        if entry.blocked_since is None:
+            entry.blocked_since = self._now
+        return self._now - entry.blocked_since >= after and entry.holds < entry.effective_ready
+
+    def _eligible_but_for_size(self, entry: BlockEntry, render: RenderSlot) -> bool:
+        free = render.free_cap, render.free_mem
+        render.free_cap, render.free_mem = render.capacity, render.memory
+        try:
+            return self.eligible(entry, render)
+        finally:
+            render.free_cap, render.free_mem = free
+
+    def _hold(self, render: RenderSlot, entry: BlockEntry | None) -> None:
+        """Keep ``render`` for ``entry`` (None: release it)."""
+        held = render.held_for
+        if held is entry:
+            return
+        if held is not None:
+            held.holds -= 1
+        render.held_for = entry
+        if entry is not None:
+            entry.holds += 1
 
     def _fill(self, render: RenderSlot, ctx: Context) -> None:
         """Dispatch to ``render`` until it is full or nothing eligible is left (then it is idle)."""
@@ -379,11 +440,20 @@ class Solver:
         refresh = self.policy.refresh_s
         if refresh is not None and ctx.now - self._last_refresh >= refresh:
             self._refresh_groups(ctx.now)
+        self._now = ctx.now
         while render.free_tasks > 0 and render.free_cap > 0:
             entry = self.decide(render)
             if entry is None:
+                self._hold(render, None)
                 self._set_idle(render, True)
                 return
+            needs = entry.needs
+            if needs.capacity > render.free_cap or needs.memory_mb > render.free_mem:
+                self._hold(render, entry)  # the starvation guard: nothing smaller goes here until it fits
+                self._set_idle(render, False)
+                return
+            if render.held_for is not None and (render.held_for is entry or render.held_for.item is None):
+                self._hold(render, None)
             self._dispatch(entry, render, ctx)
         self._set_idle(render, False)
 
@@ -587,6 +657,7 @@ class Solver:
         if render is None:
             return
         self._set_idle(render, False)
+        self._hold(render, None)
         render.online = False
         for run_id in sorted(render.runs):
             self._release(run_id, ctx.now)
@@ -599,6 +670,7 @@ class Solver:
         render.paused = msg.paused
         if msg.paused:
             self._set_idle(render, False)
+            self._hold(render, None)
         else:
             self._fill(render, ctx)
 
