@@ -24,25 +24,32 @@ from .messages import (
     AvoidRender,
     BlockNeeds,
     BlockReady,
+    BlockView,
     Dispatch,
     DispatchDeclined,
     JobAction,
     JobClosed,
     JobDependencyMet,
+    JobDetail,
     JobOpened,
+    JobQuery,
     JobStateChanged,
     JobUpdated,
     KillRun,
     Message,
     ReclaimRun,
+    RestoreTasks,
     RunClaimed,
     RunEnded,
     RunLost,
     RunRecord,
     StartJob,
+    TaskChanged,
     TaskFinished,
     TaskProgress,
+    TaskSnapshot,
     TaskStarted,
+    TaskView,
     Tick,
 )
 from .runtime import EVENTS, REGISTRY, SOLVER, Context, render_address
@@ -174,8 +181,10 @@ class LiveRun:
 class JobBehaviour:
     """The behaviour that owns one job (hosted by a JobActor in production)."""
 
-    def __init__(self, job_id: int, spec: JobSpec, user: str, submit_time: float) -> None:
+    def __init__(self, job_id: int, spec: JobSpec, user: str, submit_time: float, task_events: bool = False) -> None:
         self.job_id = job_id
+        self.task_events = task_events  # tell the event sink each lasting task change (a server with a store)
+        self.unclaimed: set[int] = set()  # restored running runs no worker has reclaimed yet
         self.spec = spec
         self.user = user
         self.submit_time = submit_time
@@ -203,6 +212,8 @@ class JobBehaviour:
             TaskFinished: self._on_finished,
             RunLost: self._on_lost,
             ReclaimRun: self._on_reclaim,
+            RestoreTasks: self._on_restore,
+            JobQuery: self._on_query,
             StartJob: self._on_start,
             JobDependencyMet: self._on_dependency_met,
             JobAction: self._on_action,
@@ -254,6 +265,7 @@ class JobBehaviour:
             ),
         )
         self._release_ready(self.blocks, ctx)
+        self._update_job_state(ctx)  # a restored job may be done or stuck in error already
 
     @staticmethod
     def _needs(block: Block) -> BlockNeeds:
@@ -345,6 +357,8 @@ class JobBehaviour:
         self.running += 1
         self.live[run_id] = LiveRun(block.index, task.index, task.attempt, render, now)
         ctx.send(render_address(render), self._assign(block, task, msg))
+        if self.task_events:
+            self._changed(block, task, ctx)
         if self.capped:
             self._report_after_run_change(block, ctx)
 
@@ -439,6 +453,8 @@ class JobBehaviour:
                 self._finish_task(block, task, DONE, ctx)
             else:
                 self._fail(block, task, msg.render, ctx)
+            if self.task_events:
+                self._changed(block, task, ctx)
             self._report_after_run_change(block, ctx)
         ctx.send(SOLVER, RunEnded(ctx.next_id(), msg.run_id, self.job_id))
         self._update_job_state(ctx)
@@ -453,6 +469,8 @@ class JobBehaviour:
             block, task = current
             self._end_current(block, task)
             self._requeue(block, task, ctx.now)
+            if self.task_events:
+                self._changed(block, task, ctx)
             self._report_after_run_change(block, ctx)
         ctx.send(SOLVER, RunEnded(ctx.next_id(), msg.run_id, self.job_id))
 
@@ -463,6 +481,11 @@ class JobBehaviour:
             current[1].render = msg.render
             self.live[run.run_id].render = msg.render
             ctx.send(SOLVER, RunClaimed(ctx.next_id(), run.run_id, self.job_id, run.block, msg.render))
+            if run.run_id in self.unclaimed:
+                self.unclaimed.discard(run.run_id)
+                ctx.cancel_timer(("reclaim", run.run_id))
+            if self.task_events:
+                self._changed(current[0], current[1], ctx)
         else:  # not ours any more: stop it, and give back the capacity the render counted for it
             ctx.send(render_address(msg.render), KillRun(ctx.next_id(), run.run_id, self.job_id, msg.render, "stale"))
             ctx.send(SOLVER, RunEnded(ctx.next_id(), run.run_id, self.job_id))
@@ -545,6 +568,15 @@ class JobBehaviour:
             self.time_gate = False
             if not self.gated:
                 self._release_ready(self.blocks, ctx)
+        elif msg.name == "reclaim" and msg.ref in self.unclaimed:
+            # a restored run no worker came back for: lost, like a run of a lost render
+            self.unclaimed.discard(msg.ref)
+            live = self.live[msg.ref]
+            self._on_lost(
+                RunLost(ctx.next_id(), msg.ref, self.job_id, live.block, live.task, live.attempt, live.render,
+                        "not reclaimed after restart"),
+                ctx,
+            )
 
     def _stuck(self) -> bool:
         """Whether no task can move on without a user: none ready or running, and no gate left to open.
@@ -594,7 +626,10 @@ class JobBehaviour:
             ctx.send(msg.reply_address, ActionDone(ctx.next_id(), msg.id, self.job_id, detail))
 
     def _send_update(self, ctx: Context) -> None:
-        ctx.send(SOLVER, JobUpdated(ctx.next_id(), self.job_id, self.priority, self.paused))
+        update = JobUpdated(ctx.next_id(), self.job_id, self.priority, self.paused)
+        ctx.send(SOLVER, update)
+        if self.task_events:
+            ctx.send(EVENTS, update)
 
     def _act_pause(self, msg: JobAction, ctx: Context) -> str:
         if self.paused:
@@ -695,6 +730,8 @@ class JobBehaviour:
             task.failures = 0
             task.percent = -1
             self._requeue(block, task, ctx.now)
+            if self.task_events:
+                self._changed(block, task, ctx)
             count += 1
         for block in self.blocks:
             self._report(block, ctx)
@@ -709,13 +746,105 @@ class JobBehaviour:
             if task.state == RUNNING:
                 self._stop_current(block, task, "skipped", ctx)
             self._finish_task(block, task, SKIPPED, ctx)
+            if self.task_events:
+                self._changed(block, task, ctx)
             count += 1
         for block in self.blocks:
             self._report(block, ctx)
         self._update_job_state(ctx)
         return f"skipped {count} task(s)"
 
+    # ---------------------------------------------------------------------------------------- persistence
+    @staticmethod
+    def snapshot(block: Block, task: Task) -> TaskSnapshot:
+        """A task's lasting state, as a store keeps it."""
+        running = task.state == RUNNING
+        return TaskSnapshot(
+            block.index, task.index, STATE_NAMES[task.state], task.attempt, task.failures,
+            task.run_id if running else 0, task.render, task.ready_time, task.start_time,
+        )
+
+    def _changed(self, block: Block, task: Task, ctx: Context) -> None:
+        ctx.send(EVENTS, TaskChanged(ctx.next_id(), self.job_id, self.snapshot(block, task), ctx.now))
+
+    def _on_restore(self, msg: RestoreTasks, ctx: Context) -> None:
+        """Bring back tasks' lasting states (before the start only); unknown or pending tasks are skipped."""
+        if self.started:
+            return
+        for snap in msg.tasks:
+            if not 0 <= snap.block < len(self.blocks) or not 0 <= snap.task < len(self.blocks[snap.block].tasks):
+                continue
+            block = self.blocks[snap.block]
+            task = block.tasks[snap.task]
+            if task.state != WAITING:
+                continue
+            task.attempt = snap.attempt
+            task.failures = snap.failures
+            task.ready_time = snap.ready_time
+            task.render = snap.render
+            if snap.state in ("done", "skipped"):
+                self._restore_finished(block, task, DONE if snap.state == "done" else SKIPPED)
+            elif snap.state == "error":
+                task.state = ERROR
+                self.error_tasks += 1
+            elif snap.state == "running" and snap.run_id:
+                task.state = RUNNING
+                task.run_id = snap.run_id
+                task.start_time = snap.start_time
+                block.running += 1
+                self.running += 1
+                self.live[snap.run_id] = LiveRun(block.index, task.index, task.attempt, snap.render, snap.start_time)
+                self.unclaimed.add(snap.run_id)
+                wake = Tick(ctx.next_id(), "reclaim", snap.run_id)
+                ctx.set_timer(("reclaim", snap.run_id), ctx.now + msg.reclaim_s, wake)
+
+    def _restore_finished(self, block: Block, task: Task, state: int) -> None:
+        """Count a task as done or skipped and note it for its dependents, without telling anyone yet."""
+        task.state = state
+        if state == DONE:
+            task.percent = 100
+        block.unfinished -= 1
+        self.finished_tasks += 1
+        for d_index, j in block.frame_down[task.index]:
+            self.blocks[d_index].tasks[j].unmet -= 1
+        if block.unfinished == 0:
+            for d_index in block.down_blocks:
+                self.blocks[d_index].blocked -= 1
+
     # ---------------------------------------------------------------------------------------- views
+    def _on_query(self, msg: JobQuery, ctx: Context) -> None:
+        """Answer a client's query with the job's detail (read-only)."""
+        output: tuple[str, ...] = ()
+        if 0 <= msg.block < len(self.blocks) and 0 <= msg.task < len(self.blocks[msg.block].tasks):
+            lines = max(0, msg.lines)
+            output = self.blocks[msg.block].tasks[msg.task].output[-lines:] if lines else ()
+        blocks = []
+        tasks = []
+        for b in self.blocks:
+            counts = dict.fromkeys(STATE_NAMES, 0)
+            for t in b.tasks:
+                counts[STATE_NAMES[t.state]] += 1
+                tasks.append(
+                    TaskView(
+                        b.index, t.index, t.frames.name, t.frames_text, STATE_NAMES[t.state], t.attempt, t.failures,
+                        t.render, t.percent, t.run_id, t.start_time,
+                    )
+                )
+            blocks.append(
+                BlockView(
+                    b.index, b.spec.name, b.spec.depends_on, b.spec.depends_on_frames,
+                    tuple((name, n) for name, n in counts.items() if n),
+                )
+            )
+        state = "paused" if self.paused and self.state == "active" else self.state
+        ctx.send(
+            msg.reply_address,
+            JobDetail(
+                ctx.next_id(), msg.id, self.job_id, self.spec.name, self.user, state, self.priority, self.paused,
+                self.submit_time, tuple(blocks), tuple(tasks), msg.block, msg.task, output,
+            ),
+        )
+
     def task_states(self) -> dict[tuple[str, str], str]:
         """Every task's state by (block name, task name)."""
         return {(b.spec.name, t.frames.name): t.state_name for b in self.blocks for t in b.tasks}
