@@ -180,7 +180,10 @@ class PykkaRuntime:
             if address in self._actors:
                 raise ValueError(f"address {address!r} is taken")
             self._spawned += 1
-            ref = BehaviourActor.start(self, address, behaviour, self._seed * 1_000_003 + self._spawned)
+            from .actors import actor_class_for  # the named actor classes import the core behaviours
+
+            actor_class = actor_class_for(behaviour)
+            ref = actor_class.start(self, address, behaviour, self._seed * 1_000_003 + self._spawned)
             self._actors[address] = ref
             self._behaviours[address] = behaviour
 
