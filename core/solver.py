@@ -600,12 +600,7 @@ class Solver:
             entry.simple = False
 
     def _on_declined(self, msg: DispatchDeclined, ctx: Context) -> None:
-        job = self.jobs.get(msg.job_id)
-        if job is not None:
-            # the job's fresh summary came first; never offer the same entry again on a stale count
-            entry = job.blocks[msg.block]
-            if entry.item is not None and entry.handled < entry.sent:
-                self._unindex(entry)
+        # the job's fresh summary (or pause) reached us first, on the same link: the entry is already right
         render = self._release(msg.reply_to, ctx.now)
         if render is not None:
             self._fill(render, ctx)
@@ -636,6 +631,7 @@ class Solver:
             # as RunEnded (the render reports them lost to their jobs), and a dispatch still on its way to
             # the render will run there: forgetting it would give the render more than its capacity.
             self._set_idle(old, False)
+            self._hold(old, None)
             for run_id in sorted(old.runs):
                 _, entry, capacity, memory = self.runs[run_id]
                 self._release(run_id, ctx.now)
