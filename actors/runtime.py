@@ -144,11 +144,11 @@ class TimerThread:
 class PykkaRuntime:
     """Hosts behaviours as pykka actors; ``stop()`` ends every actor and the timer thread."""
 
-    def __init__(self, seed: int = 0, wall_clock: bool = False) -> None:
+    def __init__(self, seed: int = 0, wall_clock: bool = False, first_id: int = 1) -> None:
         self._t0 = time.monotonic()
         self.clock: Callable[[], float] = time.time if wall_clock else self._monotonic
         self._seed = seed
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_id)  # a restarted server starts above every id it handed out before
         self._id_lock = threading.Lock()
         self._actors: dict[Address, pykka.ActorRef[BehaviourActor]] = {}
         self._behaviours: dict[Address, Behaviour] = {}

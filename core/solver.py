@@ -219,6 +219,7 @@ class Solver:
         self._tagsets: list[frozenset[str]] = []
         self._tagset_version = 0
         self._idle: dict[frozenset[str], dict[str, RenderSlot]] = {}
+        self._held: dict[str, RenderSlot] = {}  # renders the starvation guard keeps for a block
         self._seq = 0
         self._last_refresh = 0.0
         self.decisions = 0
@@ -243,6 +244,8 @@ class Solver:
         handler = self._handlers.get(type(message))
         if handler is not None:
             handler(message, ctx)
+            if self._held:
+                self._refill_stale_holds(ctx)
 
     # ---------------------------------------------------------------------------------------- users
     def _next_seq(self) -> int:
@@ -432,6 +435,17 @@ class Solver:
         render.held_for = entry
         if entry is not None:
             entry.holds += 1
+            self._held[render.name] = render
+        else:
+            self._held.pop(render.name, None)
+
+    def _refill_stale_holds(self, ctx: Context) -> None:
+        """A render kept for a block that has left the index (dispatched elsewhere, paused, closed) is free for
+        the others again: fill it now rather than when one of its runs ends."""
+        stale = [r for r in self._held.values() if r.held_for is not None and r.held_for.item is None]
+        for render in stale:
+            self._hold(render, None)
+            self._fill(render, ctx)
 
     def _fill(self, render: RenderSlot, ctx: Context) -> None:
         """Dispatch to ``render`` until it is full or nothing eligible is left (then it is idle)."""

@@ -131,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("policies", help="list the scheduling policies")
     p.set_defaults(func=cmd_policies)
+
+    from farmhand.cli_server import add_server_parsers
+    from farmhand.cli_sim import add_sim_parser
+    from farmhand.cli_worker import add_worker_parser
+
+    add_sim_parser(sub)
+    add_worker_parser(sub)
+    add_server_parsers(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ from farmhand.core.messages import (
     KillRun,
     Message,
     RenderInfo,
+    RunningRun,
     TaskFinished,
     TaskStarted,
     Tick,
@@ -78,8 +79,12 @@ class VirtualWorker:
         if name == "finish":
             self._finish(msg.ref, ctx)
         elif name == "hello":
-            self.up = True
-            ctx.send(self._render, Hello(ctx.next_id(), self.info))
+            self.up = True  # (re)connect, telling the render what this worker still runs
+            running = tuple(
+                RunningRun(a.run_id, a.job_id, a.block, a.task, a.attempt, a.capacity, a.memory_mb)
+                for a in (self.running[run_id] for run_id in sorted(self.running))
+            )
+            ctx.send(self._render, Hello(ctx.next_id(), self.info, running))
         elif name == "heartbeat" and self.up:
             ctx.send(self._render, Heartbeat(ctx.next_id(), self.info.name, tuple(sorted(self.running))))
             ctx.set_timer("heartbeat", ctx.now + self.heartbeat_s, Tick(ctx.next_id(), "heartbeat"))

@@ -63,8 +63,8 @@ class Recorder:
 class Harness:
     """A solver, its context, and shorthands to play jobs and renders."""
 
-    def __init__(self, policy: str = "fifo") -> None:
-        self.solver = Solver(make_policy(policy))
+    def __init__(self, policy: str = "fifo", reserve_after_s: float | None = 60.0) -> None:
+        self.solver = Solver(make_policy(policy), reserve_after_s=reserve_after_s)
         self.ctx = Recorder()
 
     def do(self, message: Message) -> list[Dispatch]:
@@ -379,3 +379,25 @@ def test_messages_about_unknown_jobs_and_renders_are_ignored() -> None:
     h.open(1)
     h.open(1, priority=200)  # a second opening is ignored
     assert h.solver.jobs[1].priority == 99
+
+
+def test_a_render_kept_for_a_block_that_started_elsewhere_is_filled_at_once() -> None:
+    # regression: a render the starvation guard kept for a big block stayed part-empty after that block had
+    # been dispatched elsewhere, until one of the render's own runs ended
+    h = Harness("priority", reserve_after_s=50.0)
+    h.online("r1", capacity=4, max_tasks=4)
+    h.open(1, needs(0, capacity=1), priority=10)
+    small = h.ready(1, 100)
+    assert len(small) == 4
+    h.open(2, needs(0, capacity=4), priority=200, submit_time=1.0)
+    h.ready(2, 1)
+    h.ctx.now = 100.0
+    assert where(h.ended(small[0].id, 1)) == [(1, 0, "r1")]  # the big block starts waiting now
+    h.ctx.now = 200.0
+    assert h.ended(small[1].id, 1) == []  # it has waited long enough: r1 is kept for it
+    r1 = h.solver.renders["r1"]
+    assert r1.held_for is h.solver.jobs[2].blocks[0] and r1.free_cap == 1
+    # a new empty render takes the big task: r1 is no longer kept and gets a small one at once
+    got = h.online("r2", capacity=4, max_tasks=4)
+    assert where(got) == [(2, 0, "r2"), (1, 0, "r1")]
+    assert r1.held_for is None and r1.free_cap == 0

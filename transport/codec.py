@@ -12,6 +12,7 @@ connection. :class:`FrameBuffer` is the sans-IO part: feed it the bytes as they 
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import msgspec
@@ -36,6 +37,8 @@ from farmhand.core.messages import (
 HEADER: Final = 4
 MAX_FRAME: Final = 1 << 20  # 1 MiB: a task's output travels in bounded pieces, never a whole log
 LENGTH_LIMIT: Final = (1 << 32) - 1
+#: what a render (worker) name must look like on the wire
+RENDER_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
 
 #: the messages a worker sends (the server refuses anything else)
 WORKER_TO_SERVER: Final = (Handshake, Hello, Heartbeat, Goodbye, TaskStarted, TaskProgress, TaskFinished)
@@ -149,6 +152,8 @@ class FrameBuffer:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Add received bytes; return every message now complete, in order (raises :class:`FrameError`)."""
         buf = self._buf
+        if not buf and isinstance(data, bytes):
+            return self._feed_fresh(data)
         buf += data
         out: list[Message] = []
         start = 0
@@ -171,4 +176,28 @@ class FrameBuffer:
         finally:
             if start:
                 del buf[:start]
+        return out
+
+    def _feed_fresh(self, data: bytes) -> list[Message]:
+        """The common case: nothing buffered, so frames are decoded straight from ``data``, the rest kept."""
+        out: list[Message] = []
+        start = 0
+        end = len(data)
+        decode = self._codec.decode_body
+        view = memoryview(data)
+        try:
+            while end - start >= HEADER:
+                size = int.from_bytes(data[start : start + HEADER], "big")
+                if size > self.limit:
+                    raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {self.limit}")
+                stop = start + HEADER + size
+                if stop > end:
+                    break
+                out.append(decode(view[start + HEADER : stop]))
+                start = stop
+        except FrameError as exc:
+            exc.messages = out
+            raise
+        if start < end:
+            self._buf += view[start:]
         return out

@@ -1,0 +1,550 @@
+"""The client API: HTTP/JSON on its own port (default 127.0.0.1:51080), what the CLI and a browser monitor use.
+
+Every request carries a user token (``Authorization: Bearer TOKEN``); without a valid one the answer is 401.
+Endpoints (JSON in, JSON out; errors are ``{"error": "...", "problems": [...]}``):
+
+==========================================  ====================================================================
+``GET  /api/whoami``                        the caller: ``{"user", "admin"}``
+``POST /api/jobs``                          submit a job (or a list, or ``{"jobs": [...]}``), JSON or YAML body;
+                                            ``{"jobs": [ids]}``; 400 with the problems; 403 for another owner
+``GET  /api/jobs[?user=NAME]``              jobs with their task counts (from the store)
+``GET  /api/jobs/ID[?block=B&task=T&lines=N&tasks=0]``
+                                            blocks, tasks, states, renders, the last N output lines of task T of
+                                            block B (index or name); ``tasks=0`` leaves the task list out
+``GET  /api/jobs/ID/runs``                  the job's runs (the ``tasks.csv`` rows) as JSON
+``POST /api/jobs/ID/ACTION``                ``pause`` ``resume`` ``delete`` ``restart`` ``skip`` ``priority``; body
+                                            ``{"block", "tasks", "downstream", "errors_only", "value"}``;
+                                            403 with the job's reason when the job is not the caller's
+``GET  /api/renders``                       renders, their state and running task counts
+``GET  /api/runs.csv``                      the whole run log as ``tasks.csv``
+``POST /api/admin/users``                   (admin) ``{"name", "admin"}``: a new user; its token, once
+``POST /api/admin/log-level``               (admin) ``{"level": "debug"}``; ``GET`` tells the level in force
+==========================================  ====================================================================
+
+The API decides nothing: submissions and actions go to the registry as messages with a reply address, and
+the answers (``JobAccepted``/``JobRefused``, ``ActionDone``/``ActionRefused``, ``JobDetail``) come back to a
+sink that wakes the waiting request. A submission is committed to the store before it is sent, so a job
+answered "accepted" survives any crash. Lists come from the store.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+import yaml
+
+from farmhand.core.frames import block_tasks
+from farmhand.core.job import ACTIONS
+from farmhand.core.messages import (
+    ActionDone,
+    ActionRefused,
+    Actor,
+    JobAccepted,
+    JobAction,
+    JobDetail,
+    JobQuery,
+    JobRefused,
+    Message,
+    SubmitJob,
+)
+from farmhand.core.runtime import REGISTRY, Address
+from farmhand.core.spec import JobSpec, SpecError, parse_job
+from farmhand.logs import current_level, fields, parse_level, set_level
+from farmhand.store import Store, StoreError
+
+log = logging.getLogger("farmhand.http")
+
+DEFAULT_HTTP_PORT = 51080
+REPLY_ADDRESS = "http"
+MAX_BODY = 8 << 20
+REPLY_TIMEOUT_S = 10.0
+
+
+class Bus(Protocol):
+    """What the API needs of a runtime: send from any thread, register a sink, make message ids."""
+
+    def send(self, to: Address, message: Message) -> None: ...
+
+    def sink(self, address: Address, sink: Callable[[Address, Message], None]) -> None: ...
+
+    def next_id(self) -> int: ...
+
+
+class ApiError(Exception):
+    """An answer other than 200: a status, a message and the problems (one line each)."""
+
+    def __init__(self, status: int, error: str, problems: list[str] | None = None, **extra: Any) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.problems = problems or []
+        self.extra = extra
+
+
+class _Waiter:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reply: Message | None = None
+
+
+class Replies:
+    """The reply sink: wakes the request waiting for the answer to a message id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, _Waiter] = {}
+
+    def expect(self, message_id: int) -> _Waiter:
+        waiter = _Waiter()
+        with self._lock:
+            self._waiting[message_id] = waiter
+        return waiter
+
+    def drop(self, message_id: int) -> None:
+        with self._lock:
+            self._waiting.pop(message_id, None)
+
+    def __call__(self, _address: Address, message: Message) -> None:
+        reply_to = getattr(message, "reply_to", None)
+        with self._lock:
+            waiter = self._waiting.pop(reply_to, None) if isinstance(reply_to, int) else None
+        if waiter is not None:
+            waiter.reply = message
+            waiter.event.set()
+
+
+def parse_body_jobs(body: bytes, content_type: str) -> list[JobSpec]:
+    """The job specs in a request body (JSON or YAML; one job, a list, or ``{"jobs": [...]}``); SpecError."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(["body: not UTF-8 text"]) from None
+    try:
+        data = json.loads(text) if "json" in content_type else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError([f"body:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([f"body: invalid YAML ({getattr(exc, 'problem', None) or exc})"]) from None
+    if isinstance(data, dict) and "jobs" in data and "blocks" not in data:
+        data = data["jobs"]
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise SpecError(["body: no job"])
+    specs: list[JobSpec] = []
+    problems: list[str] = []
+    for i, item in enumerate(items):
+        try:
+            specs.append(parse_job(item, where=f"jobs[{i}]" if isinstance(data, list) else ""))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems)
+    return specs
+
+
+def detail_to_json(detail: JobDetail, with_tasks: bool = True) -> dict[str, Any]:
+    """A job's detail as the API answers it."""
+    data = msgspec.to_builtins(detail)
+    for key in ("type", "id", "reply_to"):
+        data.pop(key, None)
+    data["id"] = detail.job_id
+    for b in data["blocks"]:
+        b["counts"] = dict(b["counts"])
+    if not with_tasks:
+        data.pop("tasks")
+    return data
+
+
+class ClientApi:
+    """The API's logic, independent of HTTP: every method takes the authenticated caller and plain values."""
+
+    def __init__(self, store: Store, bus: Bus, reply_timeout: float = REPLY_TIMEOUT_S) -> None:
+        self.store = store
+        self.bus = bus
+        self.reply_timeout = reply_timeout
+        self.replies = Replies()
+        bus.sink(REPLY_ADDRESS, self.replies)
+
+    # ---------------------------------------------------------------------------------------- plumbing
+    def ask(self, make: Callable[[int], Message], to: Address = REGISTRY) -> Message:
+        """Send the message ``make(id)`` and wait for its answer (503 if none comes in time)."""
+        message_id = self.bus.next_id()
+        waiter = self.replies.expect(message_id)
+        self.bus.send(to, make(message_id))
+        if not waiter.event.wait(self.reply_timeout):
+            self.replies.drop(message_id)
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the farm did not answer in time")
+        assert waiter.reply is not None
+        return waiter.reply
+
+    def authenticate(self, token: str) -> Actor | None:
+        """The caller a token names, or None."""
+        return self.store.authenticate(token)
+
+    # ---------------------------------------------------------------------------------------- jobs
+    def submit(self, actor: Actor, specs: list[JobSpec]) -> list[int]:
+        """Accept each job (committed to the store first); 403 for a foreign owner, 400 if refused."""
+        for spec in specs:
+            if spec.user is not None and spec.user != actor.user and not actor.admin:
+                raise ApiError(
+                    HTTPStatus.FORBIDDEN,
+                    f"user {actor.user!r} may not submit job {spec.name!r} as user {spec.user!r} (admins only)",
+                )
+        accepted: list[int] = []
+        for spec in specs:
+            owner = spec.user or actor.user
+            now = time.time()
+            total = sum(len(block_tasks(b)) for b in spec.blocks)
+            job_id = self.store.add_job(spec, owner, now, total)
+
+            def make(
+                mid: int, spec: JobSpec = spec, owner: str = owner, job_id: int = job_id, now: float = now
+            ) -> SubmitJob:
+                return SubmitJob(mid, spec, owner, REPLY_ADDRESS, job_id=job_id, submit_time=now, task_events=True)
+
+            try:
+                reply = self.ask(make)
+            except ApiError as exc:
+                # the job is stored and on its way; it will run, but we cannot confirm it now
+                raise ApiError(exc.status, exc.error, accepted=accepted, pending=job_id) from None
+            if isinstance(reply, JobRefused):
+                self.store.forget_job(job_id)
+                raise ApiError(HTTPStatus.BAD_REQUEST, "job refused", list(reply.problems), accepted=accepted)
+            assert isinstance(reply, JobAccepted)
+            accepted.append(job_id)
+            log.info("job accepted", extra=fields(job=job_id, user=owner, name=spec.name, tasks=total))
+        return accepted
+
+    def detail(self, job_id: int, block: str | None = None, task: str | None = None, lines: int = 20) -> JobDetail:
+        """A job's detail from its actor; ``block``/``task`` (index or name) pick the output lines."""
+        b_index, t_index = -1, -1
+        if block is not None or task is not None:
+            if block is None or task is None:
+                raise ApiError(HTTPStatus.BAD_REQUEST, "output: give both block and task")
+            b_index, t_index = _resolve_task(self._query(job_id, -1, -1, 0), block, task)
+        return self._query(job_id, b_index, t_index, lines)
+
+    def _query(self, job_id: int, block: int, task: int, lines: int) -> JobDetail:
+        reply = self.ask(lambda mid: JobQuery(mid, job_id, REPLY_ADDRESS, block, task, lines))
+        if isinstance(reply, ActionRefused):
+            raise ApiError(HTTPStatus.NOT_FOUND, reply.reason)
+        assert isinstance(reply, JobDetail)
+        return reply
+
+    def act(self, actor: Actor, job_id: int, action: str, body: dict[str, Any]) -> str:
+        """Carry out a user action through the job; the job checks the caller's rights."""
+        if action not in ACTIONS:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
+        unknown = sorted(set(body) - {"block", "tasks", "downstream", "errors_only", "value"})
+        if unknown:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"{k}: unknown field" for k in unknown])
+        owner = self.store.job_owner(job_id)
+        if owner is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no job {job_id}")
+        block, tasks = self._selection(job_id, body)
+        value = body.get("value", 0)
+        if action == "priority" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"value: must be an integer 0-255 (got {value!r})"])
+        downstream, errors_only = body.get("downstream", False), body.get("errors_only", False)
+        if not isinstance(downstream, bool) or not isinstance(errors_only, bool):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", ["downstream, errors_only: must be true or false"])
+
+        def make(mid: int) -> JobAction:
+            return JobAction(mid, job_id, action, actor, REPLY_ADDRESS, block, tasks, downstream, errors_only, value)
+
+        reply = self.ask(make)
+        if isinstance(reply, ActionDone):
+            log.info("job action", extra=fields(job=job_id, user=actor.user, action=action, detail=reply.detail))
+            return reply.detail
+        assert isinstance(reply, ActionRefused)
+        if reply.reason.startswith("no job"):
+            raise ApiError(HTTPStatus.NOT_FOUND, reply.reason)
+        if not actor.admin and actor.user != owner:
+            raise ApiError(HTTPStatus.FORBIDDEN, reply.reason)
+        if reply.reason.endswith("is deleted"):
+            raise ApiError(HTTPStatus.CONFLICT, reply.reason)
+        raise ApiError(HTTPStatus.BAD_REQUEST, reply.reason, [reply.reason])
+
+    def _selection(self, job_id: int, body: dict[str, Any]) -> tuple[int, tuple[int, ...]]:
+        block = body.get("block", -1)
+        tasks = body.get("tasks", [])
+        if block is None:
+            block = -1
+        if not isinstance(tasks, list) or not all(isinstance(t, int | str) and not isinstance(t, bool) for t in tasks):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", ["tasks: must be a list of task indices or names"])
+        if isinstance(block, bool) or not isinstance(block, int | str):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", ["block: must be a block index or name"])
+        if isinstance(block, int) and all(isinstance(t, int) for t in tasks):
+            return block, tuple(tasks)
+        detail = self._query(job_id, -1, -1, 0)
+        names = {b.name: b.index for b in detail.blocks}
+        if isinstance(block, str):  # a name, or an index when no block has that name
+            if block in names:
+                block = names[block]
+            elif block.isdigit() and int(block) < len(detail.blocks):
+                block = int(block)
+            else:
+                raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"block: no block {block!r} in job {job_id}"])
+        chosen = []
+        by_name = {t.name: t.task for t in detail.tasks if t.block == block}
+        for t in tasks:
+            if isinstance(t, str):
+                if t in by_name:
+                    t = by_name[t]
+                elif t.isdigit() and int(t) < len(by_name):
+                    t = int(t)
+                else:
+                    raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"tasks: no task {t!r} in block {block}"])
+            chosen.append(t)
+        return block, tuple(chosen)
+
+    # ---------------------------------------------------------------------------------------- admin
+    def add_user(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
+        """(admin) Create a user; the answer holds its token, the only time it is shown."""
+        self._admin_only(actor)
+        name, admin = body.get("name"), body.get("admin", False)
+        if not isinstance(name, str) or not isinstance(admin, bool):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad user", ["name: a string; admin: true or false"])
+        try:
+            token = self.store.add_user(name, admin, replace=bool(body.get("replace", False)))
+        except StoreError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), [str(exc)]) from None
+        return {"user": name, "admin": admin, "token": token}
+
+    def log_level(self, actor: Actor, body: dict[str, Any] | None) -> dict[str, Any]:
+        """(admin) Read or set the verbosity of the server's logs."""
+        self._admin_only(actor)
+        if body is None:
+            return {"level": current_level()}
+        level = body.get("level")
+        try:
+            parse_level(str(level))
+        except ValueError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), [str(exc)]) from None
+        return {"level": set_level(str(level))}
+
+    @staticmethod
+    def _admin_only(actor: Actor) -> None:
+        if not actor.admin:
+            raise ApiError(HTTPStatus.FORBIDDEN, f"user {actor.user!r} is not an admin")
+
+
+def _resolve_task(detail: JobDetail, block: str, task: str) -> tuple[int, int]:
+    """Block and task indices from names (or, when no name matches, indices)."""
+    names = {b.name: b.index for b in detail.blocks}
+    if block in names:
+        b_index = names[block]
+    elif block.isdigit() and int(block) < len(detail.blocks):
+        b_index = int(block)
+    else:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"no block {block!r} in job {detail.job_id}")
+    tasks = [t for t in detail.tasks if t.block == b_index]
+    for t in tasks:
+        if t.name == task:
+            return b_index, t.task
+    if task.isdigit() and int(task) < len(tasks):
+        return b_index, int(task)
+    raise ApiError(HTTPStatus.BAD_REQUEST, f"no task {task!r} in block {block!r} of job {detail.job_id}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One request: authenticate, route, answer JSON (or CSV)."""
+
+    server: _Server
+    server_version = "farmhand"
+    protocol_version = "HTTP/1.0"
+    timeout = 3.0  # a silent client cannot hold a request thread (and the shutdown) for long
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http " + format % args, extra=fields(client=self.client_address[0]))
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    # ---------------------------------------------------------------------------------------- plumbing
+    def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+        body = payload if isinstance(payload, bytes) else (json.dumps(payload) + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", 'Bearer realm="farmhand"')
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
+        if length > MAX_BODY:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _json_body(self) -> dict[str, Any]:
+        raw = self._body()
+        if not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", [f"body: invalid JSON ({exc})"]) from None
+        if not isinstance(data, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", ["body: must be a JSON object"])
+        return data
+
+    def _actor(self) -> Actor:
+        header = self.headers.get("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        actor = self.server.api.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        if actor is None:
+            log.info("request refused: no valid token", extra=fields(client=self.client_address[0], path=self.path))
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "a valid user token is required (Authorization: Bearer TOKEN)")
+        return actor
+
+    def _serve(self, method: str) -> None:
+        try:
+            self._route(method)
+        except ApiError as exc:
+            payload: dict[str, Any] = {"error": exc.error, "problems": exc.problems, **exc.extra}
+            self._send(exc.status, payload)
+        except SpecError as exc:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid job", "problems": exc.problems})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception:
+            log.exception("request failed", extra=fields(path=self.path))
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error", "problems": []})
+
+    def _route(self, method: str) -> None:
+        api = self.server.api
+        url = urlsplit(self.path)
+        parts = [p for p in url.path.split("/") if p]
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if not parts or parts[0] != "api":
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {url.path}")
+        actor = self._actor()
+        route = parts[1:]
+        if route == ["whoami"] and method == "GET":
+            self._send(HTTPStatus.OK, {"user": actor.user, "admin": actor.admin})
+        elif route == ["jobs"] and method == "POST":
+            specs = parse_body_jobs(self._body(), self.headers.get("Content-Type") or "")
+            self._send(HTTPStatus.OK, {"jobs": api.submit(actor, specs)})
+        elif route == ["jobs"] and method == "GET":
+            rows = api.store.jobs(user=query.get("user"))
+            self._send(HTTPStatus.OK, {"jobs": [r.to_json() for r in rows]})
+        elif len(route) >= 2 and route[0] == "jobs":
+            job_id = _job_id(route[1])
+            if len(route) == 2 and method == "GET":
+                lines = _int_param(query, "lines", 20)
+                detail = api.detail(job_id, query.get("block"), query.get("task"), lines)
+                self._send(HTTPStatus.OK, detail_to_json(detail, query.get("tasks", "1") not in ("0", "false")))
+            elif len(route) == 2 and method == "DELETE":
+                self._send(HTTPStatus.OK, {"detail": api.act(actor, job_id, "delete", {})})
+            elif len(route) == 3 and route[2] == "runs" and method == "GET":
+                runs = [msgspec.to_builtins(r) for r in api.store.runs(job_id)]
+                for run in runs:
+                    run.pop("type", None)
+                self._send(HTTPStatus.OK, {"runs": runs})
+            elif len(route) == 3 and method == "POST":
+                self._send(HTTPStatus.OK, {"detail": api.act(actor, job_id, route[2], self._json_body())})
+            else:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {method} {url.path}")
+        elif route == ["renders"] and method == "GET":
+            self._send(HTTPStatus.OK, {"renders": api.store.renders()})
+        elif route == ["runs.csv"] and method == "GET":
+            self._send(HTTPStatus.OK, runs_csv_text(api.store).encode("utf-8"), "text/csv; charset=utf-8")
+        elif route == ["admin", "users"] and method == "POST":
+            self._send(HTTPStatus.OK, api.add_user(actor, self._json_body()))
+        elif route == ["admin", "log-level"] and method in ("GET", "POST"):
+            self._send(HTTPStatus.OK, api.log_level(actor, self._json_body() if method == "POST" else None))
+        else:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {method} {url.path}")
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit():
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"job id: must be a number (got {text!r})")
+    return int(text)
+
+
+def _int_param(query: dict[str, str], name: str, default: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: must be a number (got {value!r})")
+    return int(value)
+
+
+def runs_csv_text(store: Store) -> str:
+    """The store's run log as ``tasks.csv`` text."""
+    import csv
+
+    from farmhand.core.records import CSV_COLUMNS, csv_row, sort_records
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in sort_records(store.runs()):
+        writer.writerow(csv_row(r))
+    return out.getvalue()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins the request threads: none is left behind
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api: ClientApi) -> None:
+        self.api = api
+        super().__init__(address, _Handler)
+
+
+class HttpApi:
+    """The HTTP server of the client API, on its own thread; ``stop()`` joins every thread it started."""
+
+    def __init__(self, api: ClientApi, host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT) -> None:
+        self.api = api
+        self._server = _Server((host, port), api)
+        bound = self._server.server_address
+        self.host, self.port = str(bound[0]), int(bound[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="farmhand-http", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        """The base URL (``http://host:port``)."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> HttpApi:
+        """Start serving; returns self."""
+        self._thread.start()
+        log.info("client API listening", extra=fields(url=self.url))
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, finish the requests in progress, close the socket."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+        self._server.server_close()

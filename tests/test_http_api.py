@@ -1,0 +1,168 @@
+"""The client API over real HTTP on loopback: submission (JSON, YAML, invalid), listing, detail with output
+lines, actions, renders, the run log; a server with in-process scripted workers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from farm_fixture import Farm, job_spec, running_farm
+
+from farmhand.client import ApiClient, ApiError
+from farmhand.core.records import CSV_COLUMNS
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Iterator[Farm]:
+    with running_farm(tmp_path) as f:
+        yield f
+
+
+def submit(client: ApiClient, spec: dict[str, object]) -> int:
+    (job_id,) = client.submit(json.dumps(spec).encode())
+    return job_id
+
+
+def test_submit_json_and_yaml_run_to_done_and_list(farm: Farm) -> None:
+    farm.add_render("r1")
+    farm.add_render("r2")
+    ann = farm.client("ann")
+    first = submit(ann, job_spec("one"))
+    (second, third) = ann.submit(yaml.safe_dump({"jobs": [job_spec("two"), job_spec("three", priority=5)]}).encode(),
+                                 yaml_body=True)
+    assert (first, second, third) == (1, 2, 3)
+    for job_id in (first, second, third):
+        row = farm.wait_job(job_id)
+        assert row["counts"] == {"done": 8, "pending": 0} and row["tasks_total"] == 8 and row["user"] == "ann"
+    jobs = ann.jobs()
+    assert [(j["id"], j["name"], j["priority"]) for j in jobs] == [(1, "one", 99), (2, "two", 99), (3, "three", 5)]
+    assert ann.jobs(user="nobody") == []
+
+
+def test_invalid_submissions_are_400_with_the_problems_and_leave_nothing(farm: Farm) -> None:
+    ann = farm.client("ann")
+    bad = job_spec()
+    bad["blocks"][0]["frames"] = {"first": 3, "last": 1}  # type: ignore[index]
+    bad["colour"] = "red"
+    with pytest.raises(ApiError) as err:
+        submit(ann, bad)
+    assert err.value.status == 400
+    assert any("blocks[0].frames.last" in p for p in err.value.problems)
+    assert any("colour" in p for p in err.value.problems)
+    with pytest.raises(ApiError) as err:
+        ann.submit(b"name: [unclosed", yaml_body=True)
+    assert err.value.status == 400 and "invalid YAML" in err.value.problems[0]
+    with pytest.raises(ApiError) as err:
+        ann.submit(b"{not json")
+    assert err.value.status == 400 and "invalid JSON" in err.value.problems[0]
+    with pytest.raises(ApiError) as err:  # refused by the registry: no such upstream job
+        submit(ann, job_spec(depends_on_jobs=[42]))
+    assert err.value.status == 400 and err.value.problems == ["depends_on_jobs[0]: no job with id 42"]
+    assert ann.jobs() == []
+    assert submit(ann, job_spec()) == 2  # the refused job's id is not reused
+
+
+def test_detail_shows_blocks_tasks_renders_and_output_lines(farm: Farm) -> None:
+    farm.add_render("r1", seconds=lambda a: 30.0 if a.block == 0 and a.task == 0 else 0.02, capacity=1)
+    ann = farm.client("ann")
+    job_id = submit(ann, job_spec(frames=2))
+    deadline = time.monotonic() + 10
+    detail = ann.job(job_id)
+    while time.monotonic() < deadline:
+        detail = ann.job(job_id, block="prep", task="1", lines=2)
+        if detail["tasks"][0]["state"] == "running" and detail["output"]:
+            break
+        time.sleep(0.05)
+    assert (detail["id"], detail["name"], detail["user"], detail["state"]) == (job_id, "shot", "ann", "active")
+    assert [(b["name"], b["depends_on_frames"]) for b in detail["blocks"]] == [("prep", []), ("render", ["prep"])]
+    t0 = detail["tasks"][0]
+    assert (t0["block"], t0["name"], t0["frames"], t0["state"], t0["render"], t0["percent"], t0["attempt"]) == (
+        0, "1", "1", "running", "r1", 50, 1,
+    )
+    assert detail["output"] == ["command prep 1", "50%"]  # the last 2 lines of prep/1
+    assert ann.job(job_id, block="0", task="0", lines=1)["output"] == ["50%"]
+    assert "tasks" not in ann.job(job_id, tasks=False)
+    for bad in ({"block": "nope", "task": "1"}, {"block": "prep", "task": "9"}, {"block": "prep"}):
+        with pytest.raises(ApiError) as err:
+            ann.job(job_id, **bad)  # type: ignore[arg-type]
+        assert err.value.status == 400
+    with pytest.raises(ApiError) as err:
+        ann.job(999)
+    assert err.value.status == 404 and err.value.error == "no job 999"
+
+
+def test_actions_change_the_job(farm: Farm) -> None:
+    farm.add_render("r1", seconds=lambda a: 0.02, capacity=1)
+    ann = farm.client("ann")
+    job_id = submit(ann, job_spec(frames=3, paused=True))
+    assert ann.action(job_id, "priority", value=200) == "priority 200"
+    time.sleep(0.2)
+    assert {t["state"] for t in ann.job(job_id)["tasks"]} == {"ready", "waiting"}  # paused: nothing runs
+    assert ann.job(job_id)["state"] == "paused"
+    assert ann.action(job_id, "skip", block="prep", tasks=["1", 1]) == "skipped 2 task(s)"
+    assert ann.action(job_id, "resume") == "resumed"
+    farm.wait_job(job_id)
+    row = {j["id"]: j for j in ann.jobs()}[job_id]
+    assert row["priority"] == 200 and not row["paused"]
+    assert row["counts"] == {"done": 4, "skipped": 2, "pending": 0}
+    assert ann.action(job_id, "restart", block=1, downstream=True) == "restarted 3 task(s)"
+    farm.wait_job(job_id)
+    assert len(ann.runs(job_id)) == 4 + 3
+    for bad, status in (({"value": "high"}, 400), ({"colour": 1}, 400), ({"block": "nope"}, 400),
+                        ({"block": 7}, 400), ({"tasks": "1"}, 400)):
+        with pytest.raises(ApiError) as err:
+            ann.action(job_id, "priority" if "value" in bad else "skip", **bad)
+        assert err.value.status == status, bad
+    with pytest.raises(ApiError) as err:
+        ann.action(job_id, "explode")
+    assert err.value.status == 404
+    assert ann.action(job_id, "delete") == "deleted"
+    assert job_id not in [j["id"] for j in ann.jobs()]
+    with pytest.raises(ApiError) as err:
+        ann.action(job_id, "pause")
+    assert err.value.status == 404
+
+
+def test_renders_and_the_run_log(farm: Farm) -> None:
+    farm.add_render("r1")
+    farm.add_render("r2", seconds=lambda a: 0.02, fail=lambda a: a is not None and a.block == 1 and a.attempt == 1)
+    ann = farm.client("ann")
+    job_id = submit(ann, job_spec(frames=4))
+    farm.wait_job(job_id)
+    renders = {r["name"]: r for r in ann.renders()}
+    assert sorted(renders) == ["r1", "r2"]
+    assert renders["r1"]["state"] == "online" and renders["r1"]["capacity"] == 2 and renders["r1"]["running"] == 0
+    text = ann.runs_csv()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    farm.store.flush()
+    assert len(rows) - 1 == len(farm.store.runs()) >= 8
+    assert {r[8] for r in rows[1:]} <= {"done", "error"}
+    starts = [float(r[11]) for r in rows[1:]]
+    assert starts == sorted(starts)
+
+
+def test_log_level_switches_while_running(farm: Farm) -> None:
+    before = farm.admin.log_level()
+    try:
+        assert farm.admin.log_level("info") == "info" and farm.admin.log_level() == "info"
+        assert farm.admin.log_level("debug") == "debug"
+        assert farm.admin.log_level() == "debug"
+        with pytest.raises(ApiError) as err:
+            farm.admin.log_level("loud")
+        assert err.value.status == 400
+    finally:
+        farm.admin.log_level(before)
+
+
+def test_unknown_endpoints_are_404(farm: Farm) -> None:
+    for method, path in (("GET", "/api/nothing"), ("GET", "/"), ("PUT", "/api/jobs"), ("GET", "/api/jobs/x")):
+        with pytest.raises(ApiError) as err:
+            farm.admin.request(method, path)
+        assert err.value.status in (400, 404, 501), (method, path)

@@ -1,0 +1,221 @@
+"""The SimPy runtime: delivery after latency and jitter, FIFO per link, loss, timers, determinism, stopping."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from farmhand.core.messages import Message, Tick
+from farmhand.sim.runtime import NetworkModel, SimRuntime
+
+
+class Recorder:
+    """A behaviour that records (time, sender tag, number) of every Tick it gets."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[float, str, int]] = []
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        assert isinstance(message, Tick)
+        self.got.append((ctx.now, message.name, message.ref))
+
+
+class Talker:
+    """On a 'go' tick, sends ``count`` numbered ticks to each target, then nothing."""
+
+    def __init__(self, targets: list[str], count: int, tag: str) -> None:
+        self.targets = targets
+        self.count = count
+        self.tag = tag
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        if isinstance(message, Tick) and message.name == "go":
+            for i in range(self.count):
+                for target in self.targets:
+                    ctx.send(target, Tick(ctx.next_id(), self.tag, i))
+
+
+class PacedTalker:
+    """Sends one numbered tick to ``target`` every ``every`` seconds, ``count`` times."""
+
+    def __init__(self, target: str, count: int, tag: str, every: float) -> None:
+        self.target = target
+        self.count = count
+        self.tag = tag
+        self.every = every
+        self.sent = 0
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        if self.sent < self.count:
+            ctx.send(self.target, Tick(ctx.next_id(), self.tag, self.sent))
+            self.sent += 1
+            ctx.set_timer("next", ctx.now + self.every, Tick(ctx.next_id(), "next"))
+
+
+def run(rt: SimRuntime) -> None:
+    rt.env.run()
+
+
+def test_zero_latency_delivers_later_in_send_order_at_the_same_time() -> None:
+    rt = SimRuntime(seed=1)
+    sink = Recorder()
+    rt.spawn("sink", sink)
+    rt.spawn("talker", Talker(["sink"], 5, "a"))
+    rt.send_at(3.0, "talker", Tick(rt.next_id(), "go"))
+    run(rt)
+    assert sink.got == [(3.0, "a", i) for i in range(5)]
+
+
+def test_network_latency_applies_to_worker_links_only() -> None:
+    rt = SimRuntime(seed=1, network=NetworkModel(latency=0.25, internal_latency=0.0))
+    inside, outside = Recorder(), Recorder()
+    rt.spawn("inside", inside)
+    rt.spawn("worker/w1", outside, remote=True)
+    rt.spawn("talker", Talker(["inside", "worker/w1"], 1, "a"))
+    rt.send_at(1.0, "talker", Tick(rt.next_id(), "go"))
+    run(rt)
+    assert inside.got == [(1.0, "a", 0)]
+    assert outside.got == [(1.25, "a", 0)]
+
+
+def test_internal_latency() -> None:
+    rt = SimRuntime(seed=1, network=NetworkModel(internal_latency=0.5))
+    sink = Recorder()
+    rt.spawn("sink", sink)
+    rt.spawn("talker", Talker(["sink"], 2, "a"))
+    rt.send_at(0.0, "talker", Tick(rt.next_id(), "go"))
+    run(rt)
+    assert [t for t, _, _ in sink.got] == [0.5, 0.5]
+
+
+def test_jitter_never_reorders_a_link_but_spreads_arrivals() -> None:
+    rt = SimRuntime(seed=7, network=NetworkModel(latency=0.01, jitter=1.0))
+    sink = Recorder()
+    rt.spawn("worker/w", sink, remote=True)
+    rt.spawn("a", PacedTalker("worker/w", 200, "a", 0.2))
+    rt.spawn("b", PacedTalker("worker/w", 200, "b", 0.2))
+    rt.send_at(0.0, "a", Tick(rt.next_id(), "go"))
+    rt.send_at(0.0, "b", Tick(rt.next_id(), "go"))
+    run(rt)
+    sent_at = {i: i * 0.2 for i in range(200)}
+    for tag in ("a", "b"):
+        got = [(t, n) for t, g, n in sink.got if g == tag]
+        assert [n for _, n in got] == list(range(200)), f"link {tag} reordered"
+        # late by the latency plus the jitter, or held behind the message before it
+        assert all(sent_at[n] + 0.01 <= t <= sent_at[n] + 1.01 + 1e-9 for t, n in got)
+        held = sum(1 for (t0, _), (t1, _) in itertools.pairwise(got) if t0 == t1)
+        assert held < 150  # most are not held back: jitter spreads arrivals
+    times = [t for t, _, _ in sink.got]
+    assert times == sorted(times)
+    assert len(set(times)) > 100
+    # the two links interleave: b's messages are not all after a's
+    tags = [t for _, t, _ in sink.got]
+    assert tags != sorted(tags)
+
+
+def test_same_seed_same_deliveries_other_seed_other_deliveries() -> None:
+    def deliveries(seed: int) -> list[tuple[float, str, int]]:
+        rt = SimRuntime(seed=seed, network=NetworkModel(latency=0.01, jitter=0.5, loss=0.1))
+        sink = Recorder()
+        rt.spawn("worker/w", sink, remote=True)
+        rt.spawn("a", Talker(["worker/w"], 100, "a"))
+        rt.send_at(0.0, "a", Tick(rt.next_id(), "go"))
+        run(rt)
+        return sink.got
+
+    assert deliveries(3) == deliveries(3)
+    assert deliveries(3) != deliveries(4)
+
+
+def test_loss_drops_network_messages_and_calls_the_hook() -> None:
+    lost: list[tuple[str, str]] = []
+    rt = SimRuntime(seed=2, network=NetworkModel(loss=0.3), on_loss=lambda s, t, m: lost.append((s, t)))
+    inside, outside = Recorder(), Recorder()
+    rt.spawn("inside", inside)
+    rt.spawn("worker/w", outside, remote=True)
+    rt.spawn("talker", Talker(["inside", "worker/w"], 1000, "a"))
+    rt.send_at(0.0, "talker", Tick(rt.next_id(), "go"))
+    run(rt)
+    assert len(inside.got) == 1000  # messages inside the server are never lost
+    assert rt.lost == len(lost) == 1000 - len(outside.got)
+    assert 200 < rt.lost < 400
+    assert set(lost) == {("talker", "worker/w")}
+    assert [n for _, _, n in outside.got] == sorted(n for _, _, n in outside.got)
+
+
+class Timed:
+    """Sets, replaces and cancels timers on command."""
+
+    def __init__(self) -> None:
+        self.fired: list[tuple[float, str]] = []
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        assert isinstance(message, Tick)
+        if message.name == "setup":
+            ctx.set_timer("a", 5.0, Tick(ctx.next_id(), "a-first"))
+            ctx.set_timer("a", 7.0, Tick(ctx.next_id(), "a-second"))  # replaces
+            ctx.set_timer("b", 6.0, Tick(ctx.next_id(), "b"))
+            ctx.set_timer("c", 8.0, Tick(ctx.next_id(), "c"))
+            ctx.set_timer("past", 0.5, Tick(ctx.next_id(), "past"))  # already due: fires now
+        elif message.name == "b":
+            self.fired.append((ctx.now, "b"))
+            ctx.cancel_timer("c")
+        else:
+            self.fired.append((ctx.now, message.name))
+
+
+def test_timers_fire_replace_and_cancel_by_key() -> None:
+    rt = SimRuntime()
+    timed = Timed()
+    rt.spawn("t", timed)
+    rt.send_at(1.0, "t", Tick(rt.next_id(), "setup"))
+    run(rt)
+    assert timed.fired == [(1.0, "past"), (6.0, "b"), (7.0, "a-second")]
+    assert rt.timers == {}
+
+
+class Stopper:
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        self.seen += 1
+        ctx.set_timer("later", ctx.now + 10, Tick(ctx.next_id(), "later"))
+        ctx.send(ctx.address, Tick(ctx.next_id(), "again"))
+        ctx.stop()
+
+
+def test_stop_removes_the_behaviour_and_its_timers() -> None:
+    rt = SimRuntime()
+    stopper = Stopper()
+    rt.spawn("s", stopper)
+    rt.send_at(0.0, "s", Tick(rt.next_id(), "go"))
+    run(rt)
+    assert stopper.seen == 1
+    assert rt.behaviour("s") is None
+    assert rt.dropped == 1  # the message it sent itself found nobody
+    assert rt.timers == {}
+
+
+def test_spawning_twice_is_refused_and_bad_models_too() -> None:
+    rt = SimRuntime()
+    rt.spawn("x", Recorder())
+    with pytest.raises(ValueError, match="taken"):
+        rt.spawn("x", Recorder())
+    with pytest.raises(ValueError, match="loss"):
+        NetworkModel(loss=1.0)
+    with pytest.raises(ValueError, match="latency"):
+        NetworkModel(latency=-1)
+
+
+def test_prefix_sinks_and_host_sends() -> None:
+    rt = SimRuntime()
+    got: list[tuple[str, int]] = []
+    rt.sink("client/", lambda to, m: got.append((to, m.id)))
+    rt.send("client/a", Tick(41, "x"))
+    rt.send_at(2.0, "client/b", Tick(42, "y"))
+    run(rt)
+    assert got == [("client/a", 41), ("client/b", 42)]
+    assert rt.now == 2.0

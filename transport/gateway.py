@@ -1,0 +1,435 @@
+"""The server's TCP gateway: one persistent connection per worker, frames in, frames out.
+
+The gateway is transport only: it moves messages between worker connections and the core's addresses and
+decides nothing about scheduling. Per connection:
+
+1. the worker's first frame is a :class:`~farmhand.core.messages.Handshake`: a protocol version the server
+   speaks and a valid farm token (compared in constant time, or checked by a verifier the composition root
+   gives), else :class:`~farmhand.core.messages.HandshakeRefused` and the connection closes. Until then a
+   frame may not exceed a small limit, and the handshake must come within a deadline;
+2. then a :class:`~farmhand.core.messages.Hello` names the render: the composition root's ``ensure_render``
+   makes sure a render behaviour is hosted at ``render/NAME``, the gateway routes ``worker/NAME`` to this
+   connection and forwards the Hello;
+3. from then on every frame the worker sends (heartbeats, task reports, goodbye) goes to ``render/NAME``, and
+   whatever the core sends to ``worker/NAME`` is written to the connection, from any thread.
+
+A malformed, oversized, unexpected or unauthenticated frame closes that one connection, with the reason
+logged, and touches nothing else. A closed connection is only forgotten: whether its render is lost is the
+render behaviour's decision (its zombie timer), so a worker that reconnects in time loses nothing. A second
+connection for a render name that is already connected replaces the first (a worker reconnecting before the
+server noticed its old connection died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from farmhand.core.messages import (
+    PROTOCOL_VERSION,
+    Assign,
+    Goodbye,
+    Handshake,
+    HandshakeAccepted,
+    HandshakeRefused,
+    Heartbeat,
+    Hello,
+    Message,
+    TaskFinished,
+    TaskProgress,
+    TaskStarted,
+)
+from farmhand.core.runtime import Address, render_address, worker_address
+
+from .codec import MAX_FRAME, RENDER_NAME, FrameBuffer, FrameError, server_codec
+
+log = logging.getLogger("farmhand.gateway")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 51000
+SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+PREAUTH_MAX_FRAME = 64 * 1024
+MAX_REPORTED_RUNS = 100_000
+WORKER_PREFIX = worker_address("")
+
+Sink = Callable[[Address, Message], None]
+TokenCheck = Callable[[str], bool]
+
+
+class Host(Protocol):
+    """What the gateway needs from the runtime hosting the core (:class:`~farmhand.actors.runtime.PykkaRuntime`)."""
+
+    def send(self, to: Address, message: Message) -> None:
+        """Deliver ``message`` to ``to`` (thread-safe)."""
+
+    def sink(self, address: Address, sink: Sink) -> None:
+        """Route messages for ``address`` to ``sink`` (called on the sender's thread)."""
+
+    def next_id(self) -> int:
+        """A fresh message id."""
+        ...
+
+
+class _State:
+    HANDSHAKE, HELLO, READY, CLOSED = range(4)
+
+
+def hello_problem(msg: Hello) -> str | None:
+    """What makes a Hello unacceptable on the wire (a malformed announcement), or None."""
+    info = msg.info
+    if not RENDER_NAME.fullmatch(info.name):
+        return f"render name {info.name!r} is not 1-128 of letters, digits and _.@+- (not starting with .@+-)"
+    if info.capacity < 1 or info.max_tasks < 1 or info.memory_mb < 0 or info.cpus < 0:
+        return "capacity and max_tasks must be >= 1, memory_mb and cpus >= 0"
+    if len(msg.running) > MAX_REPORTED_RUNS:
+        return f"reports {len(msg.running)} running runs"
+    return None
+
+
+class WorkerConnection(asyncio.Protocol):
+    """One worker's connection (lives on the gateway's event loop)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.name = ""
+        self.state = _State.HANDSHAKE
+        self.buffer = FrameBuffer(gateway.codec, PREAUTH_MAX_FRAME)
+        self.close_reason = ""
+        self._deadline: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------------------------------ asyncio
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.gateway._opened(self)
+        self._deadline = self.gateway.loop.call_later(self.gateway.handshake_timeout, self._expire)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _State.CLOSED:
+            return
+        try:
+            messages = self.buffer.feed(data)
+        except FrameError as exc:
+            for msg in exc.messages:
+                self._on_message(msg)
+                if self.state == _State.CLOSED:
+                    return
+            self.close(f"bad frame: {exc.reason}")
+            return
+        for msg in messages:
+            self._on_message(msg)
+            if self.state == _State.CLOSED:
+                return
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state != _State.CLOSED:
+            self.state = _State.CLOSED
+            self.close_reason = self.close_reason or (f"connection lost: {exc}" if exc else "closed by the worker")
+        self._cancel_deadline()
+        self.gateway._closed(self)
+
+    # ------------------------------------------------------------------------------------------ frames
+    def _on_message(self, msg: Message) -> None:
+        state = self.state
+        if state == _State.READY:
+            self._on_ready(msg)
+        elif state == _State.HANDSHAKE:
+            self._on_handshake(msg)
+        elif state == _State.HELLO:
+            if type(msg) is not Hello:
+                self.close(f"expected Hello, got {type(msg).__name__}")
+                return
+            self._on_hello(msg)
+
+    def _on_handshake(self, msg: Message) -> None:
+        if type(msg) is not Handshake:
+            self.close(f"expected Handshake, got {type(msg).__name__}")
+            return
+        gateway = self.gateway
+        if msg.version not in SUPPORTED_VERSIONS:
+            self.refuse(msg.id, f"protocol version {msg.version} is not supported (server speaks {PROTOCOL_VERSION})")
+            return
+        if not gateway.check_token(msg.token):
+            self.refuse(msg.id, "bad farm token")
+            return
+        self.state = _State.HELLO
+        self.buffer.set_limit(None)
+        gateway.stats["handshakes"] += 1
+        self.write(HandshakeAccepted(gateway.host.next_id(), msg.id, PROTOCOL_VERSION, gateway.agent))
+
+    def _on_hello(self, msg: Hello) -> None:
+        problem = hello_problem(msg)
+        if problem is not None:
+            self.close(f"bad Hello: {problem}")
+            return
+        if self.name and msg.info.name != self.name:
+            self.close(f"Hello for render {msg.info.name!r} on the connection of {self.name!r}")
+            return
+        self._cancel_deadline()
+        if not self.name:
+            self.name = msg.info.name
+            try:
+                self.gateway._attach(self)
+            except Exception as exc:
+                log.exception("render setup failed render=%s", self.name)
+                self.close(f"server could not host render {self.name!r}: {exc}")
+                return
+            log.info(
+                "worker connected render=%s peer=%s capacity=%d max_tasks=%d running=%d",
+                self.name, self.peer, msg.info.capacity, msg.info.max_tasks, len(msg.running),
+            )
+        self.state = _State.READY
+        self.gateway.host.send(render_address(self.name), msg)
+
+    def _on_ready(self, msg: Message) -> None:
+        kind = type(msg)
+        if kind is Heartbeat or kind is TaskStarted or kind is TaskFinished or kind is Goodbye:
+            if msg.render != self.name:  # type: ignore[attr-defined]
+                self.close(f"{kind.__name__} names render {msg.render!r}")  # type: ignore[attr-defined]
+                return
+        elif kind is Hello:
+            self._on_hello(msg)  # type: ignore[arg-type]
+            return
+        elif kind is not TaskProgress:
+            self.close(f"unexpected {kind.__name__} after Hello")
+            return
+        self.gateway.stats["frames_in"] += 1
+        self.gateway.host.send(render_address(self.name), msg)
+
+    # ------------------------------------------------------------------------------------------ writing
+    def write(self, msg: Message) -> None:
+        """Write one message now (event-loop thread only)."""
+        self.write_bytes(self.gateway.codec.encode(msg))
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write encoded frames now (event-loop thread only); a worker that stops reading is disconnected."""
+        transport = self.transport
+        if transport is None or self.state == _State.CLOSED or transport.is_closing():
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.gateway.write_buffer_limit:
+            self.close(f"worker does not read (over {self.gateway.write_buffer_limit} bytes unsent)", abort=True)
+
+    def refuse(self, reply_to: int, reason: str) -> None:
+        """Tell the worker why, then close."""
+        self.gateway.stats["refused"] += 1
+        self.write(HandshakeRefused(self.gateway.host.next_id(), reply_to, reason, PROTOCOL_VERSION))
+        self.close(f"refused: {reason}")
+
+    def close(self, reason: str, abort: bool = False) -> None:
+        """Close this connection (after writing what is buffered, unless ``abort``), logging ``reason``."""
+        if self.state == _State.CLOSED:
+            return
+        self.state = _State.CLOSED
+        self.close_reason = reason
+        self._cancel_deadline()
+        log.warning("closing connection render=%s peer=%s reason=%r", self.name or "-", self.peer, reason)
+        self.gateway.stats["closed_by_server"] += 1
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.state in (_State.HANDSHAKE, _State.HELLO):
+            what = "Handshake" if self.state == _State.HANDSHAKE else "Hello"
+            self.close(f"no {what} within {self.gateway.handshake_timeout:g} s")
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+
+class Gateway:
+    """The asyncio TCP server that connects workers to the core.
+
+    ``host`` is the runtime hosting the core; ``ensure_render(name)`` is the composition root's promise that a
+    render behaviour is hosted at ``render_address(name)`` once it returns (it is called on the event loop's
+    thread, for every Hello of a newly connected render). Workers authenticate with ``token`` (compared in
+    constant time) or through ``verify(token) -> bool``; with neither, ``allow_anonymous`` must be set.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        ensure_render: Callable[[str], None],
+        *,
+        token: str | None = None,
+        verify: TokenCheck | None = None,
+        allow_anonymous: bool = False,
+        bind: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        max_frame: int = MAX_FRAME,
+        handshake_timeout: float = 10.0,
+        write_buffer_limit: int = 64 * MAX_FRAME,
+        backlog: int = 1024,
+        agent: str = "farmhand",
+    ) -> None:
+        if token is None and verify is None and not allow_anonymous:
+            raise ValueError("a farm token (or a verifier) is required; pass allow_anonymous=True to accept anyone")
+        if token is not None and not token:
+            raise ValueError("the farm token must not be empty")
+        self.host = host
+        self.ensure_render = ensure_render
+        self._token = token.encode() if token is not None else None
+        self._verify = verify
+        self.bind = bind
+        self.port = port
+        self.codec = server_codec(max_frame)
+        self.handshake_timeout = handshake_timeout
+        self.write_buffer_limit = write_buffer_limit
+        self.backlog = backlog
+        self.agent = agent
+        self.connections: set[WorkerConnection] = set()
+        self.by_name: dict[str, WorkerConnection] = {}
+        self.stats: dict[str, int] = {
+            "accepted": 0, "handshakes": 0, "refused": 0, "closed_by_server": 0, "frames_in": 0, "frames_out": 0,
+            "undeliverable": 0,
+        }
+        self._sinks: set[str] = set()
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outbox: deque[tuple[str, Message]] = deque()
+        self._flush_scheduled = False
+        self._out_lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the gateway runs on (set by :meth:`start`)."""
+        if self._loop is None:
+            raise RuntimeError("the gateway is not started")
+        return self._loop
+
+    def check_token(self, token: str) -> bool:
+        """Whether ``token`` is the farm token (constant-time) or the verifier accepts it."""
+        if self._verify is not None:
+            try:
+                if self._verify(token):
+                    return True
+            except Exception:
+                log.exception("token verifier failed")
+                return False
+        if self._token is not None:
+            return hmac.compare_digest(token.encode(), self._token)
+        return self._verify is None  # anonymous farm
+
+    async def start(self) -> None:
+        """Listen on ``bind:port`` (port 0: an ephemeral port, then found in ``self.port``)."""
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: WorkerConnection(self), self.bind, self.port, backlog=self.backlog, reuse_address=True
+        )
+        sockets = self._server.sockets
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("gateway listening host=%s port=%d", self.bind, self.port)
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.state = _State.CLOSED
+                conn.close_reason = "server stopping"
+                conn.transport.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+        await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------------------------------ connections
+    def _opened(self, conn: WorkerConnection) -> None:
+        self.stats["accepted"] += 1
+        self.connections.add(conn)
+        log.debug("connection opened peer=%s", conn.peer)
+
+    def _closed(self, conn: WorkerConnection) -> None:
+        self.connections.discard(conn)
+        if conn.name and self.by_name.get(conn.name) is conn:
+            del self.by_name[conn.name]
+            log.info("worker disconnected render=%s peer=%s reason=%r", conn.name, conn.peer, conn.close_reason)
+
+    def _attach(self, conn: WorkerConnection) -> None:
+        name = conn.name
+        old = self.by_name.get(name)
+        if old is not None and old is not conn:
+            old.close(f"replaced by a new connection from {conn.peer}")
+        self.ensure_render(name)
+        self.by_name[name] = conn
+        if name not in self._sinks:
+            self._sinks.add(name)
+            self.host.sink(worker_address(name), self.deliver)
+
+    # ------------------------------------------------------------------------------------------ outbound
+    def deliver(self, to: Address, msg: Message) -> None:
+        """The sink of ``worker/NAME``: queue ``msg`` for that worker's connection (any thread)."""
+        with self._out_lock:
+            self._outbox.append((to, msg))
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            self.stats["undeliverable"] += 1
+
+    def _flush(self) -> None:
+        with self._out_lock:
+            self._flush_scheduled = False
+            batch = self._outbox
+            self._outbox = deque()
+        frames: dict[WorkerConnection, list[bytes]] = {}
+        encode = self.codec.encode
+        prefix = len(WORKER_PREFIX)
+        for to, msg in batch:
+            conn = self.by_name.get(to[prefix:])
+            if conn is None or conn.state != _State.READY:
+                self.stats["undeliverable"] += 1
+                continue
+            try:
+                frame = encode(msg)
+            except FrameError as exc:
+                self._unsendable(conn, msg, exc.reason)
+                continue
+            frames.setdefault(conn, []).append(frame)
+        self.stats["frames_out"] += len(batch)
+        for conn, chunks in frames.items():
+            conn.write_bytes(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _unsendable(self, conn: WorkerConnection, msg: Message, reason: str) -> None:
+        """A message that cannot travel: an assignment is reported failed as the worker would report it."""
+        log.error("cannot send render=%s message=%s reason=%r", conn.name, type(msg).__name__, reason)
+        if isinstance(msg, Assign):
+            self.host.send(
+                render_address(conn.name),
+                TaskFinished(
+                    self.host.next_id(), msg.run_id, msg.job_id, msg.block, msg.task, msg.attempt, msg.render,
+                    "error", -1, (), f"cannot send the assignment: {reason}",
+                ),
+            )
