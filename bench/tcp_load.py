@@ -32,6 +32,7 @@ from farmhand.core.messages import (
     HandshakeRefused,
     Heartbeat,
     Hello,
+    Rejoin,
     RenderInfo,
     TaskFinished,
     TaskStarted,
@@ -95,14 +96,9 @@ class FakeWorker(asyncio.Protocol):
             if kind is Assign:
                 gen.assigned += 1
                 a: Assign = msg  # type: ignore[assignment]
-                out.append(encode(TaskStarted(gen.next_id(), a.run_id, a.job_id, a.block, a.task, a.attempt, self.name)))
-                out.append(
-                    encode(
-                        TaskFinished(
-                            gen.next_id(), a.run_id, a.job_id, a.block, a.task, a.attempt, self.name, "done", 0
-                        )
-                    )
-                )
+                run = (a.run_id, a.job_id, a.block, a.task, a.attempt, self.name)
+                out.append(encode(TaskStarted(gen.next_id(), *run)))
+                out.append(encode(TaskFinished(gen.next_id(), *run, "done", 0)))
             elif kind is FinishAck:
                 gen.acked += 1
             elif kind is Welcome:
@@ -110,6 +106,8 @@ class FakeWorker(asyncio.Protocol):
             elif kind is HandshakeAccepted:
                 info = RenderInfo(self.name, frozenset(), gen.capacity, gen.capacity, 0, 1)
                 out.append(encode(Hello(gen.next_id(), info)))
+            elif kind is Rejoin:
+                out.append(encode(Hello(gen.next_id(), RenderInfo(self.name, frozenset(), gen.capacity, gen.capacity))))
             elif kind is HandshakeRefused:
                 gen.refused += 1
         if out and self.transport is not None:

@@ -3,11 +3,13 @@
 The default scenario of ``farmhand sim`` (1000 jobs x 100 tasks, 500 renders, the default generator options and
 policy) is simulated with the full core (registry, solver, jobs, render behaviours, virtual workers on the SimPy
 runtime); the baseline (:mod:`bench.simpy_baseline`) runs the same tasks on the same number of slots with a queue
-and completion callbacks only. Both rates are task runs per wall-clock second of the simulation loop (building
-the farm and summarising the records are timed and reported apart). Checks:
+and completion callbacks only. Rates are task runs per second of the simulation loop (building the farm and
+summarising the records are timed and reported apart). Checks:
 
-- the simulation runs at >= 1/10 of the baseline's speed, measured in the same run;
-- (full scenario only) >= 30,000 task runs per second;
+- the simulation runs at >= 1/10 of the baseline's speed, measured in the same run. The ratio compares CPU
+  seconds of the two loops (the baseline's best of three runs around the simulation), so that other load on the
+  machine during the long simulation does not skew it; the wall-clock ratio is reported too;
+- (full scenario only) >= 30,000 task runs per wall-clock second;
 - peak memory (the process's peak resident set, ``ru_maxrss``: an upper bound for the run) under 1 GiB.
 
 ``FARMHAND_BENCH_SHORT=1`` runs a smaller scenario (100 jobs x 100 tasks on 50 renders) and checks the ratio and
@@ -44,26 +46,34 @@ def peak_rss_bytes() -> int:
 
 
 def measure() -> dict[str, Any]:
-    """Run the scenario and the baseline once each; every figure of the benchmark."""
+    """Run the scenario once and the baseline three times (its best counts); every figure of the benchmark."""
     started = time.perf_counter()
     workload = generate(GeneratorOptions(jobs=JOBS, tasks=TASKS, renders=RENDERS), seed=0)
     generated = time.perf_counter() - started
-    baseline = run_fifo(arrivals_of(workload), sum(r.max_tasks for r in workload.renders or ()))
+    arrivals = arrivals_of(workload)
+    slots = sum(r.max_tasks for r in workload.renders or ())
+    baselines = [run_fifo(arrivals, slots)]
     result = run_sim(workload, make_policy(POLICY), seed=0)
+    baselines += [run_fifo(arrivals, slots) for _ in range(2)]
     runs = result.summary["task_runs"]
-    loop_rate = runs / result.timings["run_s"]
+    t = result.timings
+    base_wall = min(b.wall_s for b in baselines)
+    base_cpu = min(b.cpu_s for b in baselines)
     return {
         "scenario": f"{JOBS} jobs x {TASKS} tasks, {RENDERS} renders, policy {POLICY}" + (" (short)" if SHORT else ""),
         "task_runs": runs,
         "tasks_done": result.summary["tasks_done"],
         "generate_s": generated,
-        **result.timings,
-        "sim_runs_per_s": loop_rate,
-        "sim_end_to_end_runs_per_s": runs / (result.summary["wall_s"]),
-        "baseline_runs": baseline.runs,
-        "baseline_s": baseline.wall_s,
-        "baseline_runs_per_s": baseline.runs_per_s,
-        "ratio_to_baseline": loop_rate / baseline.runs_per_s,
+        **t,
+        "sim_runs_per_s": runs / t["run_s"],
+        "sim_runs_per_cpu_s": runs / t["run_cpu_s"],
+        "sim_end_to_end_runs_per_s": runs / (t["build_s"] + t["run_s"] + t["summary_s"]),
+        "baseline_runs": baselines[0].runs,
+        "baseline_s": base_wall,
+        "baseline_runs_per_s": baselines[0].runs / base_wall,
+        "baseline_runs_per_cpu_s": baselines[0].runs / base_cpu,
+        "ratio_to_baseline": (runs / t["run_cpu_s"]) / (baselines[0].runs / base_cpu),
+        "ratio_to_baseline_wall": (runs / t["run_s"]) / (baselines[0].runs / base_wall),
         "messages": result.summary["events"],
         "peak_rss_mib": peak_rss_bytes() / 2**20,
     }
@@ -88,8 +98,8 @@ def test_sim_against_the_simpy_baseline(benchmark: Any) -> None:
     assert figures["baseline_runs"] == JOBS * TASKS
     assert figures["peak_rss_mib"] * 2**20 < MAX_PEAK_BYTES, f"peak memory {figures['peak_rss_mib']:.0f} MiB"
     assert figures["ratio_to_baseline"] >= MIN_RATIO, (
-        f"{figures['sim_runs_per_s']:,.0f} task runs/s is {figures['ratio_to_baseline']:.3f} of the bare SimPy "
-        f"baseline's {figures['baseline_runs_per_s']:,.0f}/s (need >= {MIN_RATIO})"
+        f"{figures['sim_runs_per_cpu_s']:,.0f} task runs per CPU second is {figures['ratio_to_baseline']:.3f} of the "
+        f"bare SimPy baseline's {figures['baseline_runs_per_cpu_s']:,.0f} (need >= {MIN_RATIO})"
     )
     if not SHORT:
         assert figures["sim_runs_per_s"] >= MIN_RATE, f"{figures['sim_runs_per_s']:,.0f} task runs/s < {MIN_RATE:,}"

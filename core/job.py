@@ -442,6 +442,8 @@ class JobBehaviour:
         # the run id names the run: trust our record of which task it runs over the report's indices
         current = self._current(live.block, live.task, msg.run_id)
         state = msg.state if msg.state in ("done", "error", "killed") else "error"
+        if current is None:
+            state = "killed"  # we stopped it (restart, skip): whatever it did is not counted, so not "done"
         self._close_run(msg.run_id, state, ctx)
         if current is not None:
             block, task = current

@@ -276,6 +276,14 @@ class Welcome(Message, frozen=True):
     zombie_s: float
 
 
+class Rejoin(Message, frozen=True):
+    """The server no longer counts this render (declared lost while its connection stayed up, e.g. a worker
+    frozen longer than its zombie time): the worker says Hello again, with what it still runs."""
+
+    reply_to: int
+    reason: str = ""
+
+
 class Heartbeat(Message, frozen=True):
     """A worker is alive; ``running`` lists its run ids."""
 

@@ -37,7 +37,7 @@ from .runtime import Context, job_address
 class JobEntry:
     """What the registry keeps of a job: enough to resolve dependencies and route actions."""
 
-    __slots__ = ("done", "job_id", "name", "state", "user", "waiters")
+    __slots__ = ("deleting", "done", "job_id", "name", "state", "user", "waiters")
 
     def __init__(self, job_id: int, name: str, user: str) -> None:
         self.job_id = job_id
@@ -45,6 +45,7 @@ class JobEntry:
         self.user = user
         self.state = "active"
         self.done = False
+        self.deleting = False  # a delete by someone allowed to was sent: the job stops once it has it
         self.waiters: set[int] = set()
 
 
@@ -121,8 +122,13 @@ class Registry:
             entry.done = False
 
     def _on_action(self, msg: JobAction | JobQuery, ctx: Context) -> None:
-        if msg.job_id not in self.jobs:
+        entry = self.jobs.get(msg.job_id)
+        if entry is None or entry.deleting:
+            # a job stops itself when deleted: what is sent to it after the delete would never be answered
+            reason = f"no job {msg.job_id}" if entry is None else f"job {msg.job_id} is being deleted"
             if msg.reply_address:
-                ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, msg.job_id, f"no job {msg.job_id}"))
+                ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, msg.job_id, reason))
             return
+        if isinstance(msg, JobAction) and msg.action == "delete" and (msg.by.admin or msg.by.user == entry.user):
+            entry.deleting = True
         ctx.send(job_address(msg.job_id), msg)

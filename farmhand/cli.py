@@ -134,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from farmhand.cli_server import add_server_parsers
     from farmhand.cli_sim import add_sim_parser
+    from farmhand.cli_sweep import add_sweep_parser
     from farmhand.cli_worker import add_worker_parser
 
     add_sim_parser(sub)
+    add_sweep_parser(sub)
     add_worker_parser(sub)
     add_server_parsers(sub)
     return parser

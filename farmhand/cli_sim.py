@@ -72,6 +72,17 @@ def add_sim_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line and no summary table")
     p.add_argument("--until", type=float, default=None, metavar="SECONDS", help="stop at this simulated time")
 
+    add_generator_arguments(p)
+    s = p.add_argument_group("SWF traces")
+    s.add_argument("--swf-cancelled", default="skip", choices=("skip", "keep"),
+                   help="rows with status failed (0) or cancelled (5): skip them, or keep them (default skip)")
+    add_fault_arguments(p)
+    p.set_defaults(func=cmd_sim)
+    return p
+
+
+def add_generator_arguments(p: argparse.ArgumentParser) -> None:
+    """The synthetic generator's options (defaults None = not given; see :func:`generator_options`)."""
     g = p.add_argument_group("synthetic generator (ignored with --workload / --swf)")
     g.add_argument("--tasks", type=int, default=None, help="tasks per job, split over the blocks (100)")
     g.add_argument("--blocks", type=int, default=None, help="blocks per job (1)")
@@ -96,10 +107,9 @@ def add_sim_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="capacity and max tasks of each render (default: the largest task capacity)")
     g.add_argument("--speeds", default=None, metavar="S[=W],...", help="render speed mix, weighted (1)")
 
-    s = p.add_argument_group("SWF traces")
-    s.add_argument("--swf-cancelled", default="skip", choices=("skip", "keep"),
-                   help="rows with status failed (0) or cancelled (5): skip them, or keep them (default skip)")
 
+def add_fault_arguments(p: argparse.ArgumentParser) -> None:
+    """The fault and network options (see :func:`fault_model` and :func:`network_model`)."""
     f = p.add_argument_group("faults and network")
     f.add_argument("--failure-prob", type=float, default=0.0, help="probability that a run fails (0)")
     f.add_argument("--mtbf", type=float, default=None, metavar="SECONDS", help="render mean time between failures")
@@ -113,8 +123,6 @@ def add_sim_parser(subparsers: Any) -> argparse.ArgumentParser:
     f.add_argument("--loss", type=float, default=0.0, help="probability a worker<->server message is lost (0)")
     f.add_argument("--internal-latency", type=float, default=0.0, metavar="SECONDS",
                    help="latency of messages inside the server (0)")
-    p.set_defaults(func=cmd_sim)
-    return p
 
 
 # ------------------------------------------------------------------------------------------------ option parsing
@@ -168,7 +176,8 @@ def _priorities(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _generator_options(args: argparse.Namespace) -> Any:
+def generator_options(args: argparse.Namespace) -> Any:
+    """The :class:`~farmhand.sim.workload.GeneratorOptions` of parsed arguments (``_OptionError`` if bad)."""
     from farmhand.sim.workload import GeneratorOptions
 
     v = {k: (getattr(args, k) if getattr(args, k) is not None else d) for k, d in _GENERATOR_DEFAULTS.items()}
@@ -199,7 +208,25 @@ def _generator_options(args: argparse.Namespace) -> Any:
     )
 
 
-def _workload(args: argparse.Namespace) -> tuple[Any, int | None]:
+def network_model(args: argparse.Namespace) -> Any:
+    """The :class:`~farmhand.sim.runtime.NetworkModel` of parsed arguments (``ValueError`` if bad)."""
+    from farmhand.sim.runtime import NetworkModel
+
+    return NetworkModel(args.latency, args.jitter, args.loss, args.internal_latency)
+
+
+def fault_model(args: argparse.Namespace) -> Any:
+    """The :class:`~farmhand.sim.run.FaultModel` of parsed arguments (``SpecError`` listing what is bad)."""
+    from farmhand.sim.run import FaultModel
+
+    faults = FaultModel(args.failure_prob, args.mtbf, args.mttr, args.heartbeat, args.zombie)
+    problems = faults.check()
+    if problems:
+        raise SpecError(problems)
+    return faults
+
+
+def _workload(args: argparse.Namespace) -> Any:
     """The workload and the number of identical renders to make when it brings none."""
     from farmhand.sim.workload import default_renders, generate, load_workload_file, read_swf, swf_machine_size
 
@@ -217,7 +244,7 @@ def _workload(args: argparse.Namespace) -> tuple[Any, int | None]:
         if workload.renders is None:
             workload.renders = default_renders(workload, args.renders or 500, args.render_capacity)
             _check_capacity(workload)
-        return workload, None
+        return workload
     if args.swf:
         if args.jobs is not None and args.jobs < 1:
             raise _OptionError(f"--jobs: must be >= 1 (got {args.jobs})")
@@ -231,8 +258,8 @@ def _workload(args: argparse.Namespace) -> tuple[Any, int | None]:
         workload.renders = default_renders(workload, count, capacity)
         workload.scenario["renders_from"] = "option" if args.renders is not None else "header MaxProcs"
         _check_capacity(workload)
-        return workload, None
-    return generate(_generator_options(args), seed=args.seed), None
+        return workload
+    return generate(generator_options(args), seed=args.seed)
 
 
 def _check_capacity(workload: Any) -> None:
@@ -267,18 +294,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from farmhand.output import write_summary, write_tasks_csv
     from farmhand.policy_loader import load_policy, parse_options
     from farmhand.progress import ProgressLine
-    from farmhand.sim.run import FaultModel, run_sim
-    from farmhand.sim.runtime import NetworkModel
+    from farmhand.sim.run import run_sim
 
     try:
         _check_counts(args)
         policy = load_policy(args.policy, parse_options(args.policy_option or []))
-        network = NetworkModel(args.latency, args.jitter, args.loss, args.internal_latency)
-        faults = FaultModel(args.failure_prob, args.mtbf, args.mttr, args.heartbeat, args.zombie)
-        problems = faults.check()
-        if problems:
-            raise SpecError(problems)
-        workload, _ = _workload(args)
+        network = network_model(args)
+        faults = fault_model(args)
+        workload = _workload(args)
     except SpecError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)

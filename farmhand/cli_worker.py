@@ -8,7 +8,6 @@ The farm token comes from ``--token-file`` (best), the ``FARMHAND_TOKEN`` enviro
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Any
@@ -35,7 +34,10 @@ def configure_worker_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-lines", type=int, default=100, help="unsent output lines kept per task (default 100)")
     p.add_argument("--progress-interval", type=float, default=1.0, help="seconds between progress reports")
     p.add_argument("--reconnect-max", type=float, default=30.0, help="longest pause between reconnections (s)")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument(
+        "--log-level", default="info", help="debug, info, warning or error (default info); SIGUSR1 toggles debug"
+    )
+    p.add_argument("--log-json", action="store_true", help="log JSON lines instead of key=value lines")
     p.set_defaults(func=cmd_worker)
 
 
@@ -98,12 +100,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for line in problems:
             print(f"farmhand worker: {line}", file=sys.stderr)
         return EXIT_USAGE
-    level = getattr(logging, str(args.log_level).upper(), None)
-    if not isinstance(level, int):
-        print(f"farmhand worker: --log-level: unknown level {args.log_level!r}", file=sys.stderr)
+    from farmhand.logs import install_sigusr1, parse_level, setup_logging
+
+    try:
+        parse_level(args.log_level)
+    except ValueError as exc:
+        print(f"farmhand worker: --log-level: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    else:
-        logging.getLogger().setLevel(level)
+    setup_logging(args.log_level, json_lines=args.log_json)
+    install_sigusr1()
     return run_worker(options)

@@ -1,7 +1,8 @@
 """The SimPy runtime: hosts the core behaviours inside a SimPy environment, single-threaded and reproducible.
 
-Behaviours are called inline from SimPy events. ``ctx.now`` is ``env.now``; timers are SimPy timeouts (a
-replaced or cancelled timer still fires, and is then ignored); every context draws from its own generator
+Behaviours are called inline from SimPy events. ``ctx.now`` is ``env.now``; timers are SimPy events scheduled
+on the environment's queue like ``simpy.Timeout`` (a replaced or cancelled timer still fires, and is then
+ignored); every context draws from its own generator
 seeded from the run's seed and its address, so a seed reproduces a run bit for bit and turning one knob
 (jitter, say) does not reshuffle the draws of unrelated behaviours.
 
@@ -16,6 +17,8 @@ before it on its link has arrived.
 **The hot path.** There is no SimPy process per message. Messages due at the same simulated time share one
 SimPy event (a *batch*); when it fires, its messages join a FIFO queue that is drained in place, so a cascade
 of zero-latency messages inside the server costs one event in all. Timers are one lightweight SimPy event each.
+Behaviours run only inside :meth:`SimRuntime.drain`; a host feeds the simulation with :meth:`SimRuntime.send`,
+:meth:`SimRuntime.send_at` and :meth:`SimRuntime.call_at`, then steps ``env`` as it likes (``env.run()``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import msgspec
@@ -18,6 +19,7 @@ from farmhand.core.messages import (
     Heartbeat,
     Hello,
     KillRun,
+    Rejoin,
     RenderInfo,
     RunningRun,
     TaskFinished,
@@ -58,6 +60,7 @@ FROM_SERVER = [
     Assign(14, 14, 1, 0, 4, 1, "w1", "echo hi"),
     KillRun(15, 13, 1, "w1", "restarted"),
     FinishAck(16, 7, 7),
+    Rejoin(17, 3, "render was declared lost"),
 ]
 
 
@@ -171,7 +174,5 @@ def test_random_bytes_raise_only_frame_errors() -> None:
         size = rng.randint(0, 60)
         body = bytes(rng.randrange(256) for _ in range(size))
         buffer = FrameBuffer(codec)
-        try:
+        with contextlib.suppress(FrameError):
             buffer.feed(size.to_bytes(4, "big") + body)
-        except FrameError:
-            pass

@@ -505,7 +505,8 @@ def test_run_lost_requeues_with_a_new_attempt_and_a_late_finish_of_the_old_run_i
     assert states(job) == ["done"]
 
 
-def test_finish_report_for_the_wrong_task_does_not_touch_it() -> None:
+def test_a_report_with_wrong_task_indices_still_ends_the_run_it_names() -> None:
+    # regression: such a report closed the run but left its task running for ever
     job = make_job(block("a", last=2))
     ctx = Recorder()
     started(job, ctx)
@@ -838,3 +839,28 @@ def test_job_is_in_error_once_nothing_can_move_without_a_user() -> None:
     ctx.take()
     act(job, ctx, "restart", errors_only=True)
     assert job.state == "active" and [m.state for m in ctx.take(JobStateChanged)] == ["active", "active"]
+
+
+def test_a_stopped_run_that_finished_before_the_kill_is_recorded_as_killed() -> None:
+    # regression: the run was recorded "done" although its result was dropped, so the task had two done runs
+    job = make_job(block("a", last=1))
+    ctx = Recorder()
+    started(job, ctx)
+    old = assign(job, ctx)
+    act(job, ctx, "restart")
+    new = assign(job, ctx)
+    ctx.take()
+    finish(job, ctx, old, "done")  # it finished before the kill reached the worker
+    assert [(m.state, m.attempt) for m in ctx.take(RunRecord)] == [("killed", 1)]
+    assert states(job) == ["running"]
+    finish(job, ctx, new, "done")
+    assert [(m.state, m.attempt) for m in ctx.take(RunRecord)] == [("done", 2)]
+    # the same for a skipped task
+    job = make_job(block("a", last=1))
+    ctx = Recorder()
+    started(job, ctx)
+    run = assign(job, ctx)
+    act(job, ctx, "skip")
+    ctx.take()
+    finish(job, ctx, run, "done")
+    assert [m.state for m in ctx.take(RunRecord)] == ["killed"] and states(job) == ["skipped"]

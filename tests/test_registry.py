@@ -199,3 +199,28 @@ def test_state_of_an_unknown_job_is_ignored() -> None:
     desk = Desk()
     desk.finish(99)
     assert desk.registry.jobs == {}
+
+
+def test_actions_right_behind_a_delete_are_answered() -> None:
+    # regression: an action queued behind a delete reached a job that had stopped, and no answer ever came
+    desk = Desk()
+    job_id = desk.accepted("a", "ann")
+    for action in ("delete", "pause", "resume"):
+        desk.rt.send(REGISTRY, JobAction(desk.rt.next_id(), job_id, action, Actor("ann"), "client"))
+    desk.rt.run()
+    # the registry answers the two late ones itself, before the job has even handled the delete
+    assert [(type(m).__name__, getattr(m, "reason", getattr(m, "detail", ""))) for m in desk.replies[1:]] == [
+        ("ActionRefused", f"job {job_id} is being deleted"),
+        ("ActionRefused", f"job {job_id} is being deleted"),
+        ("ActionDone", "deleted"),
+    ]
+    assert desk.rt.dropped == []
+    assert job_id not in desk.registry.jobs
+    assert desk.act(job_id, "pause").reason == f"no job {job_id}"
+
+
+def test_a_delete_refused_for_rights_does_not_block_later_actions() -> None:
+    desk = Desk()
+    job_id = desk.accepted("a", "ann")
+    assert isinstance(desk.act(job_id, "delete", by=Actor("bob")), ActionRefused)
+    assert isinstance(desk.act(job_id, "pause"), ActionDone)

@@ -179,9 +179,10 @@ def test_a_paused_render_says_so_when_it_comes_back() -> None:
     b.do(Goodbye(b.rt.next_id(), "r1"))
     assert b.do(RenderPaused(b.rt.next_id(), "r1", True)) == []  # offline: nothing to tell the solver yet
     out = b.hello()
-    online = [m for _, m in out if isinstance(m, RenderOnline)]
-    paused = [m.paused for _, m in out if isinstance(m, RenderPaused)]
-    assert online and (online[0].paused or paused == [True])
+    # the pause travels with the registration, so the solver never sees the render unpaused in between
+    assert kinds(out) == [(SOLVER, "RenderOnline"), ("worker/r1", "Welcome")]
+    online = out[0][1]
+    assert isinstance(online, RenderOnline) and online.paused and b.render.state == PAUSED
 
 
 # -------------------------------------------------------------------------------------------- scenarios

@@ -28,6 +28,7 @@ from farmhand.core.messages import (
     Hello,
     KillRun,
     Message,
+    Rejoin,
     TaskFinished,
     TaskProgress,
     TaskStarted,
@@ -43,10 +44,10 @@ RENDER_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
 #: the messages a worker sends (the server refuses anything else)
 WORKER_TO_SERVER: Final = (Handshake, Hello, Heartbeat, Goodbye, TaskStarted, TaskProgress, TaskFinished)
 #: the messages the server sends to a worker
-SERVER_TO_WORKER: Final = (HandshakeAccepted, HandshakeRefused, Welcome, Assign, KillRun, FinishAck)
+SERVER_TO_WORKER: Final = (HandshakeAccepted, HandshakeRefused, Welcome, Assign, KillRun, FinishAck, Rejoin)
 
 WorkerMessage = Handshake | Hello | Heartbeat | Goodbye | TaskStarted | TaskProgress | TaskFinished
-ServerMessage = HandshakeAccepted | HandshakeRefused | Welcome | Assign | KillRun | FinishAck
+ServerMessage = HandshakeAccepted | HandshakeRefused | Welcome | Assign | KillRun | FinishAck | Rejoin
 
 
 class FrameError(Exception):

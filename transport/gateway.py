@@ -47,6 +47,7 @@ from farmhand.core.messages import (
     TaskStarted,
 )
 from farmhand.core.runtime import Address, render_address, worker_address
+from farmhand.logs import fields
 
 from .codec import MAX_FRAME, RENDER_NAME, FrameBuffer, FrameError, server_codec
 
@@ -189,12 +190,16 @@ class WorkerConnection(asyncio.Protocol):
             try:
                 self.gateway._attach(self)
             except Exception as exc:
-                log.exception("render setup failed render=%s", self.name)
+                log.exception("render setup failed", extra=fields(render=self.name))
                 self.close(f"server could not host render {self.name!r}: {exc}")
                 return
+            info = msg.info
             log.info(
-                "worker connected render=%s peer=%s capacity=%d max_tasks=%d running=%d",
-                self.name, self.peer, msg.info.capacity, msg.info.max_tasks, len(msg.running),
+                "worker connected",
+                extra=fields(
+                    render=self.name, peer=self.peer, capacity=info.capacity, max_tasks=info.max_tasks,
+                    running=len(msg.running),
+                ),
             )
         self.state = _State.READY
         self.gateway.host.send(render_address(self.name), msg)
@@ -241,7 +246,7 @@ class WorkerConnection(asyncio.Protocol):
         self.state = _State.CLOSED
         self.close_reason = reason
         self._cancel_deadline()
-        log.warning("closing connection render=%s peer=%s reason=%r", self.name or "-", self.peer, reason)
+        log.warning("closing connection", extra=fields(render=self.name or "-", peer=self.peer, reason=reason))
         self.gateway.stats["closed_by_server"] += 1
         if self.transport is not None:
             if abort:
@@ -343,7 +348,7 @@ class Gateway:
         sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        log.info("gateway listening host=%s port=%d", self.bind, self.port)
+        log.info("gateway listening", extra=fields(host=self.bind, port=self.port))
 
     async def stop(self) -> None:
         """Stop listening and close every connection."""
@@ -364,13 +369,13 @@ class Gateway:
     def _opened(self, conn: WorkerConnection) -> None:
         self.stats["accepted"] += 1
         self.connections.add(conn)
-        log.debug("connection opened peer=%s", conn.peer)
+        log.debug("connection opened", extra=fields(peer=conn.peer))
 
     def _closed(self, conn: WorkerConnection) -> None:
         self.connections.discard(conn)
         if conn.name and self.by_name.get(conn.name) is conn:
             del self.by_name[conn.name]
-            log.info("worker disconnected render=%s peer=%s reason=%r", conn.name, conn.peer, conn.close_reason)
+            log.info("worker disconnected", extra=fields(render=conn.name, peer=conn.peer, reason=conn.close_reason))
 
     def _attach(self, conn: WorkerConnection) -> None:
         name = conn.name
@@ -424,7 +429,7 @@ class Gateway:
 
     def _unsendable(self, conn: WorkerConnection, msg: Message, reason: str) -> None:
         """A message that cannot travel: an assignment is reported failed as the worker would report it."""
-        log.error("cannot send render=%s message=%s reason=%r", conn.name, type(msg).__name__, reason)
+        log.error("cannot send", extra=fields(render=conn.name, message=type(msg).__name__, reason=reason))
         if isinstance(msg, Assign):
             self.host.send(
                 render_address(conn.name),

@@ -32,6 +32,7 @@ from farmhand.core.render import RenderBehaviour
 from farmhand.core.runtime import EVENTS, REGISTRY, SOLVER, Address, Behaviour, render_address
 from farmhand.core.solver import Solver
 from farmhand.core.spec import JobSpec
+from farmhand.logs import fields
 
 from .codec import MAX_FRAME
 from .gateway import DEFAULT_HOST, DEFAULT_PORT, Gateway, TokenCheck
@@ -125,7 +126,7 @@ def _fan_out(sinks: Sequence[Sink]) -> Sink:
             try:
                 sink(to, msg)
             except Exception:
-                log.exception("event sink failed on %s", type(msg).__name__)
+                log.exception("event sink failed", extra=fields(message=type(msg).__name__))
 
     return deliver
 
@@ -236,9 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policy", default="priority")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval told to workers (s)")
     parser.add_argument("--zombie", type=float, default=60.0, help="silence after which a render is lost (s)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from farmhand.logs import setup_logging
+
+    setup_logging(args.log_level)
     if not args.token:
         print("a farm token is required: --token or FARMHAND_TOKEN", file=sys.stderr)
         return 2

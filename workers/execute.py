@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from farmhand.core.messages import Assign
+from farmhand.logs import fields
 
 from .progress import ProgressParser
 
@@ -191,7 +192,7 @@ class TaskRun:
             if not done:
                 self.timed_out = True
                 if self.kill_reason is None:
-                    log.info("task timed out run=%d job=%d timeout_s=%g", a.run_id, a.job_id, timeout)
+                    log.info("task timed out", extra=fields(run=a.run_id, job=a.job_id, timeout_s=timeout))
                 self._start_killing()
             returncode = await waiter
             self._signal_group(signal.SIGKILL)  # whatever it left behind in its group
@@ -223,19 +224,27 @@ class TaskRun:
     async def _read_output(self, stream: asyncio.StreamReader | None) -> None:
         if stream is None:
             return
-        max_line = self.options.max_line
+        cutoff = self.options.max_line * 4  # bytes: a character takes up to 4 in UTF-8
         partial = b""
+        skipping = False  # inside a line already reported cut: drop the rest of it
         while True:
             chunk = await stream.read(65536)
             if not chunk:
                 break
             parts = LINE_BREAK.split(partial + chunk)
             partial = parts.pop()
+            if skipping:
+                if parts:
+                    parts.pop(0)
+                    skipping = False
+                else:
+                    partial = b""
             for part in parts:
                 self._line(part)
-            while len(partial) > max_line * 4:  # a line without end: cut it
-                self._line(partial[: max_line * 4])
-                partial = partial[max_line * 4 :]
+            if len(partial) > cutoff:  # a very long line: report its start, drop the rest
+                self._line(partial[:cutoff])
+                partial = b""
+                skipping = True
         if partial:
             self._line(partial)
 

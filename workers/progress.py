@@ -12,6 +12,8 @@ import logging
 import math
 import re
 
+from farmhand.logs import fields
+
 log = logging.getLogger("farmhand.worker")
 
 DEFAULT_PROGRESS = r"(\d+(?:\.\d+)?)%"
@@ -22,7 +24,7 @@ def _compile(pattern: str) -> re.Pattern[str] | None:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        log.warning("progress regex does not compile, using the default pattern=%r error=%s", pattern, exc)
+        log.warning("progress regex does not compile, using the default", extra=fields(pattern=pattern, error=str(exc)))
         return None
 
 

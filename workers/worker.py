@@ -44,6 +44,7 @@ from farmhand.core.messages import (
     Hello,
     KillRun,
     Message,
+    Rejoin,
     RenderInfo,
     RunningRun,
     TaskFinished,
@@ -51,6 +52,7 @@ from farmhand.core.messages import (
     TaskStarted,
     Welcome,
 )
+from farmhand.logs import fields
 from farmhand.transport.client import Backoff, Connection, ConnectionClosed, HandshakeRefusedError
 from farmhand.transport.codec import RENDER_NAME, FrameError
 
@@ -168,7 +170,7 @@ class Worker:
         if self._stop is not None:
             self._stop.set()
         if self._stop_requests > 1:
-            log.warning("second stop request: killing tasks now render=%s", self.name)
+            log.warning("second stop request: killing tasks now", extra=fields(render=self.name))
             for run in list(self.runs.values()):
                 run.kill("worker stopped", silent=True)
                 run.kill_now()
@@ -200,29 +202,43 @@ class Worker:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-        log.info("worker stopped render=%s", self.name)
+        log.info("worker stopped", extra=fields(render=self.name))
         return self.exit_code
 
-    async def _pause(self, seconds: float, why: str) -> None:
-        log.info("%s in %.2f s render=%s", why, seconds, self.name)
+    async def _pause(self, seconds: float, why: str, **extra: object) -> None:
+        log.info(why, extra=fields(render=self.name, delay_s=round(seconds, 2), **extra))
         assert self._stop is not None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _connect(self) -> Connection | None:
         o = self.options
-        try:
-            conn = await Connection.open(
+        assert self._stop is not None
+        opening = asyncio.ensure_future(
+            Connection.open(
                 o.host, o.port, o.token, agent=f"farmhand-worker/{self.name}", timeout=o.connect_timeout,
                 ids=self._ids,
             )
+        )
+        stopper = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({opening, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not opening.done():  # a stop while connecting: do not wait for the connection
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
+            return None
+        try:
+            conn = opening.result()
         except HandshakeRefusedError as exc:
-            log.error("server refused this worker render=%s reason=%r", self.name, exc.reason)
+            log.error("server refused this worker", extra=fields(render=self.name, reason=exc.reason))
             self.exit_code = EXIT_REFUSED
             self._stopping = True
             return None
         except (OSError, TimeoutError, FrameError, ConnectionClosed) as exc:
-            await self._pause(self._backoff.next(), f"cannot connect to {o.host}:{o.port} ({exc!r}); retrying")
+            await self._pause(
+                self._backoff.next(), "cannot connect, retrying", server=f"{o.host}:{o.port}", error=repr(exc)
+            )
             return None
         return conn
 
@@ -239,16 +255,16 @@ class Worker:
         try:
             running = self._running_runs()
             conn.send(Hello(self._next_id(), self.info, running))
-            log.info("connected render=%s server=%s running=%d", self.name, conn.peer, len(running))
+            log.info("connected", extra=fields(render=self.name, server=conn.peer, running=len(running)))
             welcome_deadline = asyncio.get_running_loop().call_later(self.options.connect_timeout, conn.close)
             heartbeat = asyncio.ensure_future(self._heartbeat_loop(conn, welcome_deadline))
             done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
             welcome_deadline.cancel()
             if reader in done and not self._stopping:
                 exc = reader.exception()
-                log.warning("connection lost render=%s reason=%r", self.name, exc)
+                log.warning("connection lost", extra=fields(render=self.name, reason=repr(exc)))
         except ConnectionClosed as exc:
-            log.warning("connection lost render=%s reason=%r", self.name, exc)
+            log.warning("connection lost", extra=fields(render=self.name, reason=repr(exc)))
         finally:
             for task in (reader, stopper, heartbeat):
                 if task is not None and not task.done():
@@ -270,19 +286,24 @@ class Worker:
                 self._on_kill(msg)  # type: ignore[arg-type]
             elif kind is Welcome:
                 self._on_welcome(msg, conn)  # type: ignore[arg-type]
+            elif kind is Rejoin:
+                self._on_rejoin(msg, conn)  # type: ignore[arg-type]
             else:
-                log.debug("ignoring %s render=%s", kind.__name__, self.name)
+                log.debug("ignoring message", extra=fields(render=self.name, message=kind.__name__))
 
     def _on_welcome(self, msg: Welcome, conn: Connection) -> None:
         self.heartbeat_s = min(max(msg.heartbeat_s, 0.05), 3600.0)
-        first = not self.connected
         self.connected = True
         self._welcomed.set()
-        if first:
-            self._backoff.reset()
-            for run_id in sorted(self.unacked):
-                self._send(self.unacked[run_id])
-            log.info("welcomed render=%s heartbeat_s=%g resent=%d", self.name, self.heartbeat_s, len(self.unacked))
+        self._backoff.reset()
+        for run_id in sorted(self.unacked):  # the Hello listed them: the render takes them as its runs
+            self._send(self.unacked[run_id])
+        log.info("welcomed", extra=fields(render=self.name, heartbeat_s=self.heartbeat_s, resent=len(self.unacked)))
+
+    def _on_rejoin(self, msg: Rejoin, conn: Connection) -> None:
+        running = self._running_runs()
+        log.warning("server asks to rejoin", extra=fields(render=self.name, reason=msg.reason, running=len(running)))
+        conn.send(Hello(self._next_id(), self.info, running))
 
     async def _heartbeat_loop(self, conn: Connection, welcome_deadline: asyncio.TimerHandle) -> None:
         await self._welcomed.wait()
@@ -319,10 +340,10 @@ class Worker:
     # ------------------------------------------------------------------------------------------ runs
     def _on_assign(self, msg: Assign) -> None:
         if self._stopping:
-            log.info("not starting run while stopping run=%d job=%d", msg.run_id, msg.job_id)
+            log.info("not starting a run while stopping", extra=fields(run=msg.run_id, job=msg.job_id))
             return
         if msg.run_id in self.runs or msg.run_id in self.unacked:
-            log.warning("duplicate assignment ignored run=%d job=%d", msg.run_id, msg.job_id)
+            log.warning("duplicate assignment ignored", extra=fields(run=msg.run_id, job=msg.job_id))
             return
         run = TaskRun(msg, self.options.execution)
         self.runs[msg.run_id] = run
@@ -332,14 +353,14 @@ class Worker:
         run = self.runs.get(msg.run_id)
         if run is None:
             return
-        log.info("killing run=%d job=%d reason=%r", msg.run_id, msg.job_id, msg.reason)
+        log.info("killing run", extra=fields(run=msg.run_id, job=msg.job_id, reason=msg.reason))
         run.kill(msg.reason or "killed by the server")
 
     async def _run(self, run: TaskRun) -> None:
         a = run.assign
         log.info(
-            "starting run=%d job=%d block=%d task=%d attempt=%d name=%r",
-            a.run_id, a.job_id, a.block, a.task, a.attempt, a.task_name,
+            "starting run",
+            extra=fields(run=a.run_id, job=a.job_id, block=a.block, task=a.task, attempt=a.attempt, name=a.task_name),
         )
 
         def started() -> None:
@@ -351,7 +372,7 @@ class Worker:
             result = RunResult("killed", -1, "worker stopped")
             run.silent = True
         except Exception as exc:  # the worker never dies of a task
-            log.exception("run failed in the worker run=%d job=%d", a.run_id, a.job_id)
+            log.exception("run failed in the worker", extra=fields(run=a.run_id, job=a.job_id))
             result = RunResult("error", -1, f"worker error: {exc!r}")
         finally:
             self.run_tasks.pop(a.run_id, None)
@@ -366,8 +387,10 @@ class Worker:
         self.runs.pop(a.run_id, None)
         self.completed += 1
         log.info(
-            "run ended run=%d job=%d state=%s exit_code=%d reason=%r",
-            a.run_id, a.job_id, result.state, result.exit_code, result.reason,
+            "run ended",
+            extra=fields(
+                run=a.run_id, job=a.job_id, state=result.state, exit_code=result.exit_code, reason=result.reason
+            ),
         )
         self._send(finished)
 
@@ -398,7 +421,7 @@ class Worker:
             run.kill("worker stopped", silent=True)
         tasks = list(self.run_tasks.values())
         if tasks:
-            log.info("stopping runs=%d render=%s", len(tasks), self.name)
+            log.info("stopping runs", extra=fields(render=self.name, runs=len(tasks)))
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
@@ -426,7 +449,10 @@ async def serve(options: WorkerOptions, install_signals: bool = True) -> int:
                 loop.add_signal_handler(sig, worker.request_stop)
     started = time.monotonic()
     code = await worker.run()
-    log.debug("worker ran %.1f s sessions=%d runs=%d", time.monotonic() - started, worker.sessions, worker.completed)
+    log.debug(
+        "worker ran",
+        extra=fields(seconds=round(time.monotonic() - started, 1), sessions=worker.sessions, runs=worker.completed),
+    )
     return code
 
 

@@ -34,9 +34,12 @@ from hypothesis import strategies as st
 from farmhand.core.job import JobBehaviour
 from farmhand.core.manual_runtime import ManualRuntime
 from farmhand.core.messages import (
+    Actor,
     Assign,
     AvoidRender,
+    Dispatch,
     JobAccepted,
+    JobAction,
     JobRefused,
     Message,
     RenderInfo,
@@ -245,6 +248,8 @@ class World:
         self.occupancy: dict[str, dict[int, tuple[Key, int, int]]] = {name: {} for name in self.infos}
         self.render_failures: Counter[tuple[int, int, str]] = Counter()
         self.accepted: list[int] = []
+        self.decisions_checked = 0
+        self.dispatches_seen = 0
         for i, (data, user, at) in enumerate(sc.jobs):
             job_id = i + 1
             spec = parse_job(data)
@@ -258,6 +263,7 @@ class World:
 
         def checked_dispatch(entry: BlockEntry, render: RenderSlot, ctx: Any) -> None:
             self.check_decision(entry, render)
+            self.decisions_checked += 1
             original(entry, render, ctx)
 
         self.solver._dispatch = checked_dispatch  # type: ignore[method-assign]
@@ -422,6 +428,8 @@ class World:
             del self.occupancy[m.render][m.run_id]
         elif isinstance(m, TaskFinished) and to.startswith("job/"):
             self.on_finished(m)
+        elif isinstance(m, Dispatch):
+            self.dispatches_seen += 1
         elif isinstance(m, AvoidRender) and to == SOLVER:
             threshold = self.block_spec(m.job_id, m.block).avoid_render_after
             assert self.render_failures[(m.job_id, m.block, m.render)] >= threshold
@@ -520,6 +528,8 @@ class World:
         return out
 
     def check_end(self) -> None:
+        # every dispatch went through the decision check (the hook is on the method that sends them)
+        assert self.decisions_checked == self.dispatches_seen
         assert self.solver.runs == {} and all(not occ for occ in self.occupancy.values())
         assert len(self.records) == len(self.assigns)
         runs: dict[Key, list[RunRecord]] = defaultdict(list)
@@ -583,7 +593,7 @@ FAILURES = ("none", "always", "random")
 def test_scheduling_invariants_hold_after_every_message(policy: str, failure: str) -> None:
     # one derandomized hypothesis run per policy and failure mode, so that every pair gets its share
     @settings(
-        max_examples=30,
+        max_examples=40,
         derandomize=True,
         deadline=None,
         database=None,
@@ -600,3 +610,254 @@ def test_the_model_frames_match_a_hand_computed_case() -> None:
     assert chunks(1, 7, 2, 2) == [frozenset({1, 3}), frozenset({5, 7})]
     assert chunks(2, 2, 1, 4) == [frozenset({2})]
     assert math.isclose(1.1**99 / 3, 1.1**99 / (2 + 1))
+
+
+# -------------------------------------------------------------------------------------------- lost renders
+
+
+class FlakyWorker(VirtualWorker):
+    """A virtual worker that can also fall silent (stop heartbeating but keep running, a network cut)."""
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        if isinstance(message, Tick) and message.name == "silence":
+            ctx.cancel_timer("heartbeat")
+            return
+        super().handle(message, ctx)
+
+
+@dataclass
+class FaultScenario:
+    renders: list[RenderInfo]
+    jobs: list[dict[str, Any]]
+    faults: list[tuple[str, str, float, float]]  # render, crash | silence, at, down for
+    policy: str
+    seed: int
+
+
+@st.composite
+def fault_scenarios(draw: st.DrawFn) -> FaultScenario:
+    names = draw(st.lists(st.sampled_from(RENDER_NAMES), min_size=2, max_size=4, unique=True))
+    renders = [RenderInfo(n, frozenset(), draw(st.integers(2, 4)), draw(st.integers(1, 4))) for n in names]
+    jobs = []
+    for _ in range(draw(st.integers(1, 4))):
+        blocks = []
+        for b in range(draw(st.integers(1, 3))):
+            block: dict[str, Any] = {
+                "name": f"b{b}", "command": "c {first}",
+                "frames": {"first": 1, "last": draw(st.integers(1, 8)), "per_task": draw(st.integers(1, 3))},
+                "capacity": draw(st.integers(1, 2)), "retries": 0,
+            }
+            if b and draw(st.booleans()):
+                block["depends_on_frames" if draw(st.booleans()) else "depends_on"] = [f"b{b - 1}"]
+            blocks.append(block)
+        jobs.append({"name": "job", "blocks": blocks})
+    faults = [
+        (draw(st.sampled_from(names)), draw(st.sampled_from(("silence", "crash"))),
+         draw(st.sampled_from((0.5, 2.0, 4.5, 7.0, 11.0))), draw(st.sampled_from((6.0, 1.0, 2.5, 15.0))))
+        for _ in range(draw(st.integers(1, 4)))
+    ]
+    return FaultScenario(renders, jobs, faults, draw(st.sampled_from(POLICIES)), draw(st.integers(0, 2**16)))
+
+
+def check_with_faults(sc: FaultScenario) -> None:
+    rt = ManualRuntime(seed=sc.seed)
+    solver = Solver(make_policy(sc.policy), reserve_after_s=None)
+    rt.spawn(REGISTRY, Registry())
+    rt.spawn(SOLVER, solver)
+    records: list[RunRecord] = []
+    rt.sink(EVENTS, lambda to, m: records.append(m) if isinstance(m, RunRecord) else None)
+    workers: dict[str, FlakyWorker] = {}
+    infos = {info.name: info for info in sc.renders}
+    for info in sc.renders:
+        rt.spawn(render_address(info.name), RenderBehaviour(info.name, heartbeat_s=1.0, zombie_s=3.0))
+        workers[info.name] = FlakyWorker(info, lambda a: 2.0 + 3 * ((a.task + a.block + a.attempt) % 3), heartbeat=True)
+        rt.spawn(worker_address(info.name), workers[info.name])
+        rt.send(worker_address(info.name), Tick(rt.next_id(), "hello"))
+    for i, (name, kind, at, down) in enumerate(sc.faults):
+        rt.set_timer(worker_address(name), ("fault", i), at, Tick(rt.next_id(), kind))
+        rt.set_timer(worker_address(name), ("back", i), at + down, Tick(rt.next_id(), "hello"))
+    specs = [parse_job(data) for data in sc.jobs]
+    for spec in specs:
+        rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann"))
+    done: set[Key] = set()
+    current: dict[Key, int] = {}
+
+    def observe(to: str, m: Message) -> None:
+        # the capacity ledger, and what each worker really runs, stay within the render
+        for render in solver.renders.values():
+            assert 0 <= render.free_cap <= render.capacity and 0 <= render.free_tasks <= render.max_tasks
+        running_where: Counter[Key] = Counter()
+        for name, worker in workers.items():
+            runs = list(worker.running.values())
+            assert sum(a.capacity for a in runs) <= infos[name].capacity, name
+            assert len(runs) <= infos[name].max_tasks, name
+            running_where.update((a.job_id, a.block, a.task) for a in runs if a.run_id == current.get(
+                (a.job_id, a.block, a.task)))
+        assert all(n == 1 for n in running_where.values())  # no task's current run is in two places
+        if isinstance(m, Assign) and to.startswith("render/"):
+            key = (m.job_id, m.block, m.task)
+            assert key not in done, key
+            job: JobBehaviour = rt.behaviour(job_address(m.job_id))
+            spec = job.blocks[m.block].spec
+            index = {b.spec.name: b.index for b in job.blocks}
+            for name in spec.depends_on:
+                assert all((m.job_id, index[name], t) in done for t in range(len(job.blocks[index[name]].tasks)))
+            current[key] = m.run_id
+        elif isinstance(m, TaskFinished) and to.startswith("job/") and m.state == "done":
+            key = (m.job_id, m.block, m.task)
+            if current.get(key) == m.run_id:
+                assert key not in done
+                done.add(key)
+
+    rt.observers.append(observe)
+    total = sum(len(JobBehaviour(1, spec, "x", 0.0).blocks[b].tasks) for spec in specs for b in range(len(spec.blocks)))
+    while len(done) < total:
+        rt.run()
+        assert rt.fire_next_timer() and rt.now < 1000.0, "the farm never finished"
+    rt.run()
+    per_task: dict[tuple[int, str, str], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        per_task[(r.job_id, r.block, r.task)].append(r)
+    assert sum(len(v) for v in per_task.values()) == len(records) and len(per_task) == total
+    for runs in per_task.values():
+        assert sorted(r.attempt for r in runs) == list(range(1, len(runs) + 1))
+        assert [r.state for r in runs].count("done") == 1
+        assert {r.state for r in runs} <= {"done", "lost"}
+    for job_id in range(1, len(specs) + 1):
+        assert rt.behaviour(job_address(job_id)).state == "done"
+
+
+@settings(max_examples=50, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(fault_scenarios())
+def test_lost_and_returning_renders_never_lose_or_double_a_task(sc: FaultScenario) -> None:
+    check_with_faults(sc)
+
+
+# -------------------------------------------------------------------------------------------- user actions
+
+Action = tuple[float, int, str, int, tuple[int, ...], bool, bool]  # at, job id, action, block, tasks, down, errors
+
+
+@st.composite
+def action_scenarios(draw: st.DrawFn) -> tuple[Scenario, list[Action]]:
+    sc = draw(scenarios(draw(st.sampled_from(("priority", "fairshare"))), draw(st.sampled_from(("none", "random")))))
+    actions = []
+    for _ in range(draw(st.integers(1, 8))):
+        j = draw(st.integers(0, len(sc.jobs) - 1))
+        blocks = sc.jobs[j][0]["blocks"]
+        b = draw(st.integers(-1, len(blocks) - 1))
+        tasks: tuple[int, ...] = ()
+        if b >= 0 and draw(st.booleans()):
+            f = blocks[b]["frames"]
+            count = len(chunks(f["first"], f["last"], f["step"], f["per_task"]))
+            tasks = tuple(draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=3, unique=True)))
+        actions.append((
+            draw(st.sampled_from((1.0, 3.0, 6.0, 12.0, 25.0))), j + 1,
+            draw(st.sampled_from(("restart", "restart", "skip", "pause", "resume", "priority"))),
+            b, tasks, draw(st.booleans()), draw(st.booleans()),
+        ))
+    return sc, actions
+
+
+def check_job_bookkeeping(job: JobBehaviour) -> None:
+    """The job's counters and readiness agree with its tasks' states (recomputed from scratch)."""
+    finished = (3, 5)  # done, skipped
+    by_name = {b.spec.name: b for b in job.blocks}
+    assert job.finished_tasks == sum(t.state in finished for b in job.blocks for t in b.tasks)
+    assert job.error_tasks == sum(t.state == 4 for b in job.blocks for t in b.tasks)
+    assert job.running == sum(t.state == 2 for b in job.blocks for t in b.tasks)
+    unmet: Counter[tuple[int, int]] = Counter()
+    for up in job.blocks:
+        for i, downs in enumerate(up.frame_down):
+            if up.tasks[i].state not in finished:
+                unmet.update(downs)
+    for block in job.blocks:
+        assert block.ready == sum(t.state == 1 for t in block.tasks)
+        assert block.running == sum(t.state == 2 for t in block.tasks)
+        assert block.unfinished == sum(t.state not in finished for t in block.tasks)
+        blocked = sum(1 for name in block.spec.depends_on if by_name[name].unfinished)
+        assert block.blocked == blocked, (block.spec.name, block.blocked, blocked)
+        for task in block.tasks:
+            assert task.unmet == unmet[(block.index, task.index)], (block.spec.name, task.index)
+            free = task.unmet == 0 and block.blocked == 0 and not job.gated
+            if task.state == 0:
+                assert not free, (block.spec.name, task.index, "waiting with nothing to wait for")
+            elif task.state == 1:
+                assert free, (block.spec.name, task.index, "ready while its dependencies are not met")
+            elif task.state == 2:
+                assert task.run_id in job.live
+
+
+def check_with_actions(sc: Scenario, actions: list[Action]) -> None:
+    rt = ManualRuntime(seed=sc.seed)
+    solver = Solver(make_policy(sc.policy), reserve_after_s=sc.reserve_after_s)
+    rt.spawn(REGISTRY, Registry())
+    rt.spawn(SOLVER, solver)
+    rt.sink(EVENTS, lambda to, m: None)
+    rt.sink("client", lambda to, m: None)
+    workers = {}
+    for info in sc.renders:
+        rt.spawn(render_address(info.name), RenderBehaviour(info.name, watch=False))
+        workers[info.name] = VirtualWorker(info, lambda a: 1.0 + (a.task * 3 + a.block + a.attempt) % 5,
+                                           failure_probability=sc.probability)
+        rt.spawn(worker_address(info.name), workers[info.name])
+        rt.send(worker_address(info.name), Tick(rt.next_id(), "hello"))
+    specs: dict[int, JobSpec] = {}
+    for i, (data, user, at) in enumerate(sc.jobs):
+        specs[i + 1] = parse_job(data)
+        rt.set_timer(REGISTRY, ("submit", i), at, SubmitJob(rt.next_id(), specs[i + 1], user, "client"))
+    users = {i + 1: user for i, (_, user, _) in enumerate(sc.jobs)}
+    for i, (at, job_id, action, block, tasks, downstream, errors_only) in enumerate(actions):
+        by = Actor(users[job_id]) if i % 3 else Actor("root", admin=True)
+        msg = JobAction(rt.next_id(), job_id, action, by, "client", block, tasks, downstream, errors_only, 7 * i % 256)
+        rt.set_timer(REGISTRY, ("act", i), 30.0 + at, msg)
+    for job_id in specs:  # in the end every job runs again
+        resume = JobAction(rt.next_id(), job_id, "resume", Actor("root", True))
+        rt.set_timer(REGISTRY, ("resume", job_id), 100.0, resume)
+    infos = {info.name: info for info in sc.renders}
+
+    def observe(to: str, m: Message) -> None:
+        for render in solver.renders.values():
+            assert 0 <= render.free_cap <= render.capacity and 0 <= render.free_tasks <= render.max_tasks
+        for name, worker in workers.items():
+            assert sum(a.capacity for a in worker.running.values()) <= infos[name].capacity
+            assert len(worker.running) <= infos[name].max_tasks
+        if isinstance(m, Dispatch) and to in rt.behaviours:
+            job: JobBehaviour = rt.behaviour(to)
+            block = job.blocks[m.block]
+            started = [t for t in block.tasks if t.run_id == m.id and t.state == 2]
+            for task in started:  # it starts now: everything it depends on is done or skipped now
+                index = {b.spec.name: b for b in job.blocks}
+                for name in block.spec.depends_on:
+                    assert all(t.state in (3, 5) for t in index[name].tasks)
+                assert task.unmet == 0
+        if to.startswith("job/") and to in rt.behaviours:
+            check_job_bookkeeping(rt.behaviour(to))
+
+    rt.observers.append(observe)
+    for _ in range(100_000):
+        rt.run()
+        due = rt.next_timer()
+        if due is None:
+            break
+        if due > rt.now:  # quiescent: the jobs and the solver agree on what may be dispatched
+            for job_id in specs:
+                address = job_address(job_id)
+                if address in rt.behaviours and job_id in solver.jobs:
+                    job = rt.behaviour(address)
+                    for b, block in enumerate(job.blocks):
+                        assert job.dispatchable(block) == solver.jobs[job_id].blocks[b].effective_ready
+        rt.fire_next_timer()
+    assert solver.runs == {}
+    for job_id in specs:
+        job = rt.behaviour(job_address(job_id))
+        check_job_bookkeeping(job)
+        assert (job.state == "done") == (job.finished_tasks == job.total_tasks)
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(action_scenarios())
+def test_user_actions_keep_jobs_and_ledger_consistent(case: tuple[Scenario, list[Any]]) -> None:
+    check_with_actions(*case)

@@ -1,0 +1,159 @@
+"""Benchmarks of production over TCP (issue: production over TCP). The server runs in this process; the load
+generator (``bench/tcp_load.py``, fake workers speaking the protocol) runs in another, so the CPU time this
+process spends over a window is the server's.
+
+- heartbeats: N connections heartbeating every second; gate: the server uses at most 25% of one core
+  (N = 1000; short mode N = 500, the same gate). Measured after a warm-up longer than the zombie time, so
+  the window includes the steady churn of the renders' zombie timers.
+- dispatch: 100 connected fake workers answer every assignment at once (zero-duration tasks); gate: at
+  least 1,000 tasks dispatched and completed per second (5000 tasks; short mode 2000).
+
+    FARMHAND_BENCH_SHORT=1 pytest bench/test_bench_tcp.py -s    # the figures are printed and kept in
+                                                                  # the benchmark JSON's extra_info
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SHORT
+
+from farmhand.core.messages import JobStateChanged, Message
+from farmhand.core.spec import parse_job
+from farmhand.transport.serve import ServerHandle, start_server
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loopback load test for Linux")
+LOAD = Path(__file__).with_name("tcp_load.py")
+TOKEN = "bench-token"
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _raise_fd_limit(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+
+
+class Load:
+    """The load generator process (stopped, whatever happens, on exit)."""
+
+    def __init__(self, server: ServerHandle, workers: int, duration: float, prefix: str = "load") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(LOAD), "--server", server.address, "--token", TOKEN, "--workers", str(workers),
+             "--duration", str(duration), "--prefix", prefix],
+            stdout=subprocess.PIPE, text=True,
+        )
+
+    def ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        result: dict[str, Any] = {}
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            result.update(json.loads(self.proc.stdout.readline() or "{}"))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        assert result.get("event") == "ready", f"the load generator did not get ready: {result}"
+        return result
+
+    def finish(self) -> dict[str, Any]:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return lines[-1] if lines else {}
+
+    def __enter__(self) -> Load:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def test_heartbeats_of_1000_connections_cost_under_a_quarter_core(benchmark) -> None:  # type: ignore[no-untyped-def]
+    connections = 500 if SHORT else 1000
+    window = 5.0 if SHORT else 15.0
+    zombie = 4.0
+    _raise_fd_limit(connections + 512)
+    server = start_server("127.0.0.1", 0, TOKEN, heartbeat_s=1.0, zombie_s=zombie)
+    try:
+        with Load(server, connections, duration=window + zombie + 30) as load:
+            ready = load.ready()
+            time.sleep(zombie + 1.5)  # warm-up: the first zombie timers come due, renders are steady
+            messages0, cpu0, t0 = server.runtime.messages, _cpu_seconds(), time.monotonic()
+            time.sleep(window)
+            messages1, cpu1, t1 = server.runtime.messages, _cpu_seconds(), time.monotonic()
+            online = len(server.gateway.by_name)
+            stats = load.finish()
+    finally:
+        server.stop()
+    elapsed = t1 - t0
+    share = (cpu1 - cpu0) / elapsed
+    rate = (messages1 - messages0) / elapsed
+    per_heartbeat_us = (cpu1 - cpu0) / max(messages1 - messages0, 1) * 1e6
+    benchmark.extra_info.update(
+        {"connections": connections, "window_s": elapsed, "server_core_share": share, "messages_per_s": rate,
+         "cpu_us_per_heartbeat": per_heartbeat_us, "connect_s": ready.get("connect_s")}
+    )
+    print(
+        f"\n{connections} connections heartbeating every 1 s: server CPU {share:.1%} of one core over {elapsed:.1f} s"
+        f" ({rate:,.0f} messages/s, {per_heartbeat_us:.0f} us per heartbeat; 1000 connections ~"
+        f" {per_heartbeat_us * 1000 / 1e6:.1%}); connected in {ready.get('connect_s')} s; generator {stats}"
+    )
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    assert stats.get("refused") == 0 and online == connections
+    assert rate > 0.9 * connections, f"only {rate:.0f} messages/s reached the renders"
+    assert share <= 0.25, f"the server used {share:.1%} of a core for {connections} heartbeating connections"
+
+
+def test_dispatch_and_complete_zero_duration_tasks_across_100_workers(benchmark) -> None:  # type: ignore[no-untyped-def]
+    workers = 100
+    tasks = 2000 if SHORT else 5000
+    done = threading.Event()
+
+    def on_event(_to: str, msg: Message) -> None:
+        if type(msg) is JobStateChanged and msg.state in ("done", "error"):
+            done.set()
+
+    server = start_server("127.0.0.1", 0, TOKEN, "fifo", heartbeat_s=1.0, zombie_s=30.0, event_sinks=[on_event])
+    try:
+        with Load(server, workers, duration=300) as load:
+            load.ready()
+            spec = parse_job(
+                {"name": "zero", "blocks": [{"name": "z", "command": "true", "frames": {"first": 1, "last": tasks}}]}
+            )
+            cpu0, t0 = _cpu_seconds(), time.monotonic()
+            server.submit(spec, "bench")
+            assert done.wait(120), "the job did not finish"
+            elapsed = time.monotonic() - t0
+            cpu = _cpu_seconds() - cpu0
+            stats = load.finish()
+    finally:
+        server.stop()
+    rate = tasks / elapsed
+    benchmark.extra_info.update(
+        {"workers": workers, "tasks": tasks, "seconds": elapsed, "tasks_per_s": rate, "server_cpu_s": cpu}
+    )
+    print(
+        f"\n{tasks} zero-duration tasks across {workers} connected workers: {elapsed:.2f} s, {rate:,.0f} tasks/s "
+        f"(server CPU {cpu:.2f} s); generator {stats}"
+    )
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    assert stats.get("assigned") == tasks
+    assert rate >= 1000, f"{rate:.0f} tasks/s (gate: >= 1000)"

@@ -1,0 +1,150 @@
+"""The gateway on loopback with hand-driven protocol clients: routing, replacement, limits and refusals."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from farm import TOKEN, Farm, wait_until
+
+from farmhand.core.messages import (
+    PROTOCOL_VERSION,
+    Assign,
+    FinishAck,
+    Handshake,
+    HandshakeAccepted,
+    Heartbeat,
+    Hello,
+    Message,
+    RenderInfo,
+    TaskFinished,
+    TaskStarted,
+    Welcome,
+)
+from farmhand.transport.codec import FrameBuffer, worker_codec
+from farmhand.transport.gateway import Gateway
+
+pytestmark = pytest.mark.e2e
+
+
+class RawWorker:
+    """A blocking, hand-driven protocol client."""
+
+    def __init__(self, port: int, name: str, token: str = TOKEN) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.codec = worker_codec()
+        self.frames = FrameBuffer(self.codec)
+        self.ready: list[Message] = []
+        self.name = name
+        self.send(Handshake(1, PROTOCOL_VERSION, token))
+        assert isinstance(self.recv(), HandshakeAccepted)
+        self.send(Hello(2, RenderInfo(name)))
+        assert isinstance(self.recv(), Welcome)
+
+    def send(self, msg: Message) -> None:
+        self.sock.sendall(self.codec.encode(msg))
+
+    def recv(self, timeout: float = 5.0) -> Message:
+        self.sock.settimeout(timeout)
+        while not self.ready:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError
+            self.ready.extend(self.frames.feed(data))
+        return self.ready.pop(0)
+
+    def expect(self, kind: type[Message], timeout: float = 5.0) -> Message:
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(deadline - time.monotonic(), 0.01))
+            if isinstance(msg, kind):
+                return msg
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        try:
+            while True:
+                self.recv(timeout)
+        except EOFError:
+            return True
+        except (TimeoutError, OSError):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def farm(tmp_path: Path) -> Iterator[Farm]:
+    f = Farm(tmp_path, heartbeat_s=0.5, zombie_s=10.0, max_frame=4096)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def test_assignments_travel_on_the_workers_connection_and_finish_reports_are_acked(farm: Farm) -> None:
+    raw = RawWorker(farm.server.port, "raw1")
+    try:
+        job = farm.submit(
+            {"name": "j", "blocks": [{"name": "b", "command": "x {frame}", "frames": {"first": 1, "last": 2}}]}
+        )
+        for _ in range(2):
+            a = raw.expect(Assign)
+            assert isinstance(a, Assign) and a.render == "raw1" and a.command == f"x {a.task + 1}"
+            raw.send(TaskStarted(10 + a.run_id, a.run_id, a.job_id, a.block, a.task, a.attempt, "raw1"))
+            raw.send(TaskFinished(20 + a.run_id, a.run_id, a.job_id, a.block, a.task, a.attempt, "raw1", "done"))
+            ack = raw.expect(FinishAck)
+            assert isinstance(ack, FinishAck) and ack.run_id == a.run_id and ack.reply_to == 20 + a.run_id
+        assert farm.wait_job(job, timeout=10) == "done"
+    finally:
+        raw.close()
+
+
+def test_a_second_connection_with_the_same_name_replaces_the_first(farm: Farm) -> None:
+    first = RawWorker(farm.server.port, "twin")
+    second = RawWorker(farm.server.port, "twin")
+    try:
+        assert first.closed()
+        assert farm.server.gateway.by_name["twin"] is not None
+        second.send(Heartbeat(3, "twin"))
+        job = farm.submit({"name": "j", "blocks": [{"name": "b", "command": "x", "frames": {"first": 1, "last": 1}}]})
+        a = second.expect(Assign)
+        assert isinstance(a, Assign) and a.job_id == job
+    finally:
+        first.close()
+        second.close()
+
+
+def test_frames_over_the_limit_close_the_connection(farm: Farm) -> None:
+    raw = RawWorker(farm.server.port, "chatty")
+    try:
+        raw.sock.sendall((5000).to_bytes(4, "big") + b"\x00" * 10)
+        assert raw.closed()
+        wait_until(lambda: "chatty" not in farm.server.gateway.by_name, 5, "the connection to be forgotten")
+    finally:
+        raw.close()
+
+
+def test_an_assignment_too_large_for_the_wire_fails_the_run_instead_of_hanging(farm: Farm) -> None:
+    farm.start_worker("real")
+    farm.wait_connected("real")
+    job = farm.submit(
+        {"name": "huge", "blocks": [{"name": "b", "command": "echo " + "x" * 5000, "frames": {"first": 1, "last": 1},
+                                     "retries": 1}]}
+    )
+    assert farm.wait_job(job, timeout=20) == "error"
+    assert [r.state for r in farm.runs(job)] == ["error", "error"]
+    assert farm.workers["real"].poll() is None
+
+
+def test_a_token_or_verifier_is_required() -> None:
+    with pytest.raises(ValueError, match="token"):
+        Gateway(object(), lambda _n: None)  # type: ignore[arg-type]
+    gw = Gateway(object(), lambda _n: None, verify=lambda t: t == "a")  # type: ignore[arg-type]
+    assert gw.check_token("a") and not gw.check_token("b")
+    gw = Gateway(object(), lambda _n: None, token="s3cret")  # type: ignore[arg-type]
+    assert gw.check_token("s3cret") and not gw.check_token("s3cre") and not gw.check_token("")
+    assert Gateway(object(), lambda _n: None, allow_anonymous=True).check_token("")  # type: ignore[arg-type]
