@@ -168,14 +168,17 @@ class Block:
 class LiveRun:
     """A run this job started and has not yet seen end: enough to record it when it does."""
 
-    __slots__ = ("attempt", "block", "render", "start_time", "task")
+    __slots__ = ("attempt", "block", "ready_time", "render", "start_time", "task")
 
-    def __init__(self, block: int, task: int, attempt: int, render: str, start_time: float) -> None:
+    def __init__(
+        self, block: int, task: int, attempt: int, render: str, start_time: float, ready_time: float
+    ) -> None:
         self.block = block
         self.task = task
         self.attempt = attempt
         self.render = render
         self.start_time = start_time
+        self.ready_time = ready_time
 
 
 class JobBehaviour:
@@ -355,7 +358,7 @@ class JobBehaviour:
         block.ready -= 1
         block.running += 1
         self.running += 1
-        self.live[run_id] = LiveRun(block.index, task.index, task.attempt, render, now)
+        self.live[run_id] = LiveRun(block.index, task.index, task.attempt, render, now, task.ready_time)
         ctx.send(render_address(render), self._assign(block, task, msg))
         if self.task_events:
             self._changed(block, task, ctx)
@@ -413,7 +416,7 @@ class JobBehaviour:
         if msg.lines:
             task.output = (task.output + msg.lines)[-OUTPUT_LINES_KEPT:]
 
-    def _close_run(self, run_id: int, state: str, ctx: Context) -> LiveRun | None:
+    def _close_run(self, run_id: int, state: str, ctx: Context, finished_at: float = -1.0) -> LiveRun | None:
         """Record the end of a run this job started and free its capacity; None if unknown."""
         live = self.live.pop(run_id, None)
         if live is None:
@@ -424,8 +427,8 @@ class JobBehaviour:
             EVENTS,
             RunRecord(
                 ctx.next_id(), self.job_id, self.spec.name, self.user, block.spec.name, task.frames.name,
-                task.frames_text, live.render, live.attempt, state, self.submit_time, task.ready_time,
-                live.start_time, ctx.now,
+                task.frames_text, live.render, live.attempt, state, self.submit_time, live.ready_time,
+                live.start_time, finished_at if finished_at >= 0.0 else ctx.now,
             ),
         )
         return live
@@ -436,29 +439,37 @@ class JobBehaviour:
         self.running -= 1
 
     def _on_finished(self, msg: TaskFinished, ctx: Context) -> None:
-        live = self.live.get(msg.run_id)
+        run_id = msg.run_id
+        live = self.live.get(run_id)
         if live is None:
             return
+        if msg.started_at >= 0.0:
+            live.start_time = msg.started_at
         # the run id names the run: trust our record of which task it runs over the report's indices
-        current = self._current(live.block, live.task, msg.run_id)
-        state = msg.state if msg.state in ("done", "error", "killed") else "error"
-        if current is None:
+        block = self.blocks[live.block]
+        task = block.tasks[live.task]
+        current = task.state == RUNNING and task.run_id == run_id
+        state = msg.state
+        if not current:
             state = "killed"  # we stopped it (restart, skip): whatever it did is not counted, so not "done"
-        self._close_run(msg.run_id, state, ctx)
-        if current is not None:
-            block, task = current
+        elif state != "done" and state != "error" and state != "killed":
+            state = "error"
+        self._close_run(run_id, state, ctx, msg.finished_at)
+        if current:
             if msg.output_tail:
                 task.output = (task.output + msg.output_tail)[-OUTPUT_LINES_KEPT:]
             self._end_current(block, task)
             if state == "done":
                 task.percent = 100
-                self._finish_task(block, task, DONE, ctx)
+                self._finish_task(block, task, DONE, ctx)  # reports the blocks it released
+                if self.capped:
+                    self._report_after_run_change(block, ctx)
             else:
                 self._fail(block, task, msg.render, ctx)
+                self._report_after_run_change(block, ctx)
             if self.task_events:
                 self._changed(block, task, ctx)
-            self._report_after_run_change(block, ctx)
-        ctx.send(SOLVER, RunEnded(ctx.next_id(), msg.run_id, self.job_id))
+        ctx.send(SOLVER, RunEnded(ctx.next_id(), run_id, self.job_id))
         self._update_job_state(ctx)
 
     def _on_lost(self, msg: RunLost, ctx: Context) -> None:
@@ -521,8 +532,11 @@ class JobBehaviour:
         task.state = state
         block.unfinished -= 1
         self.finished_tasks += 1
+        frame_down = block.frame_down[task.index]
+        if not frame_down and block.unfinished:
+            return  # the common case: nothing waits on this task alone, and its block is not finished
         touched: set[int] = set()
-        for d_index, j in block.frame_down[task.index]:
+        for d_index, j in frame_down:
             down = self.blocks[d_index]
             dt = down.tasks[j]
             dt.unmet -= 1
@@ -795,7 +809,9 @@ class JobBehaviour:
                 task.start_time = snap.start_time
                 block.running += 1
                 self.running += 1
-                self.live[snap.run_id] = LiveRun(block.index, task.index, task.attempt, snap.render, snap.start_time)
+                self.live[snap.run_id] = LiveRun(
+                    block.index, task.index, task.attempt, snap.render, snap.start_time, task.ready_time
+                )
                 self.unclaimed.add(snap.run_id)
                 wake = Tick(ctx.next_id(), "reclaim", snap.run_id)
                 ctx.set_timer(("reclaim", snap.run_id), ctx.now + msg.reclaim_s, wake)

@@ -266,6 +266,8 @@ class Hello(Message, frozen=True):
     info: RenderInfo
     running: tuple[RunningRun, ...] = ()
     version: int = PROTOCOL_VERSION
+    #: whether the worker wants finish reports acknowledged (a real one resends until acked)
+    acks: bool = True
 
 
 class Welcome(Message, frozen=True):
@@ -376,6 +378,10 @@ class TaskFinished(Message, frozen=True):
     exit_code: int = 0
     output_tail: tuple[str, ...] = ()
     reason: str = ""
+    #: when the run started and ended, on the server's clock: set only by a worker that shares it (a
+    #: virtual one), which then sends no TaskStarted; -1 = unknown (the server's receipts count)
+    started_at: float = -1.0
+    finished_at: float = -1.0
 
 
 class FinishAck(Message, frozen=True):

@@ -48,10 +48,11 @@ class RenderBehaviour:
         self.zombie_s = zombie_s
         self.watch = watch  # False: no heartbeat watch (a simulation without render faults)
         self.info: RenderInfo | None = None
+        self.acks = True
         self.state = OFFLINE
         self.paused = False
         self.last_seen = 0.0
-        self.runs: dict[int, RunningRun] = {}
+        self.runs: dict[int, RunningRun | Assign] = {}
         self.lost_count = 0
         self._worker = worker_address(name)
         self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
@@ -81,6 +82,7 @@ class RenderBehaviour:
 
     def _on_hello(self, msg: Hello, ctx: Context) -> None:
         self.info = msg.info
+        self.acks = msg.acks
         reported = {run.run_id: run for run in msg.running}
         # runs we gave this render that its worker no longer has: lost
         for run_id in sorted(self.runs):
@@ -135,9 +137,7 @@ class RenderBehaviour:
         if self.state == OFFLINE:
             self._lose(msg, "render offline", ctx)
             return
-        self.runs[msg.run_id] = RunningRun(
-            msg.run_id, msg.job_id, msg.block, msg.task, msg.attempt, msg.capacity, msg.memory_mb
-        )
+        self.runs[msg.run_id] = msg  # an Assign names its run as a RunningRun does
         ctx.send(self._worker, msg)
 
     def _forward_to_job(self, msg: TaskStarted | TaskProgress, ctx: Context) -> None:
@@ -145,7 +145,8 @@ class RenderBehaviour:
             ctx.send(job_address(msg.job_id), msg)
 
     def _on_finished(self, msg: TaskFinished, ctx: Context) -> None:
-        ctx.send(self._worker, FinishAck(ctx.next_id(), msg.id, msg.run_id))
+        if self.acks:
+            ctx.send(self._worker, FinishAck(ctx.next_id(), msg.id, msg.run_id))
         if self.runs.pop(msg.run_id, None) is not None:
             ctx.send(job_address(msg.job_id), msg)
 

@@ -900,28 +900,38 @@ class CommandTemplate:
         self, first: int | None, last: int | None, step: int, task: int | str, job: int, block: str
     ) -> str | tuple[str, ...]:
         """The command of one task."""
+        parts_list = self._parts
+        if not self._argv:
+            parts = parts_list[0]
+            if len(parts) == 1:
+                return parts[0]
+            if len(parts) == 3:  # one placeholder: the usual shape, filled without a buffer
+                return parts[0] + _value(parts[1], first, last, step, task, job, block) + parts[2]
         out = []
-        for parts in self._parts:
+        for parts in parts_list:
             if len(parts) == 1:
                 out.append(parts[0])
                 continue
             buf = list(parts)
             for i in range(1, len(buf), 2):
-                name = buf[i]
-                if name == "frame" or name == "first":
-                    buf[i] = "" if first is None else str(first)
-                elif name == "last":
-                    buf[i] = "" if last is None else str(last)
-                elif name == "task":
-                    buf[i] = str(task)
-                elif name == "job":
-                    buf[i] = str(job)
-                elif name == "block":
-                    buf[i] = block
-                else:
-                    buf[i] = str(step)
+                buf[i] = _value(buf[i], first, last, step, task, job, block)
             out.append("".join(buf))
         return tuple(out) if self._argv else out[0]
+
+
+def _value(name: str, first: int | None, last: int | None, step: int, task: int | str, job: int, block: str) -> str:
+    """The text of one placeholder for one task."""
+    if name == "frame" or name == "first":
+        return "" if first is None else str(first)
+    if name == "last":
+        return "" if last is None else str(last)
+    if name == "task":
+        return str(task)
+    if name == "job":
+        return str(job)
+    if name == "block":
+        return block
+    return str(step)
 
 
 def format_command(

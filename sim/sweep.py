@@ -10,12 +10,16 @@ A sweep is the cartesian product of
 Several values of an option are separated by commas (``--jobs 100,200 --load 0.8,0.95``). The options whose
 value is itself a comma list in ``farmhand sim`` (``--mean 60,120`` is one mean per block) keep that meaning;
 their sweep values are separated by ``;`` instead (``--mean '60;120'`` sweeps two means). Every option that is
-not given keeps ``farmhand sim``'s default, and a run with seed *s* simulates exactly what ``farmhand sim
---seed s`` with the same options does (the workload is generated with the same seed).
+not given, and every value ``none``, keeps ``farmhand sim``'s default (``--mtbf none,3600``: without and with
+render crashes).
 
-:func:`build_sweep` checks everything up front (every value of every option, every combination through the
-generator's own checks, every policy) and raises :class:`SweepError` with one line per problem, each naming the
-option and the value. :func:`run_sweep` runs the :class:`RunSpec` s in parallel processes
+Each run hands its options to ``farmhand sim``'s own parser and functions (:func:`farmhand.cli_sim.
+generator_options`, ``fault_model``, ``network_model``), so a run with seed *s* simulates exactly what
+``farmhand sim --seed s`` with the same options does, and every value means what it means there.
+
+:func:`build_sweep` checks everything up front (every value of every option alone, then every combination
+through the generator's own checks, every policy) and raises :class:`SweepError` with one line per problem,
+each naming the option and the value. :func:`run_sweep` runs the :class:`RunSpec` s in parallel processes
 (:class:`concurrent.futures.ProcessPoolExecutor`) or on a dask.distributed cluster (the optional ``dask``
 extra), calls back as each one ends, and returns one :class:`RunResult` per run in the sweep's order; a run that
 raises (or whose process dies) comes back with its error text and its parameters, never dropped.
@@ -26,7 +30,9 @@ quantile when scipy is installed, else the table :data:`T975`), used by the comp
 
 from __future__ import annotations
 
+import argparse
 import csv
+import functools
 import importlib
 import itertools
 import json
@@ -38,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "EXECUTORS",
@@ -81,85 +87,14 @@ class SweepError(ValueError):
 # ================================================================================================ options
 
 
-def _int(flag: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise SweepError([f"{flag}: an integer expected (got {raw!r})"]) from None
-
-
-def _float(flag: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SweepError([f"{flag}: a number expected (got {raw!r})"]) from None
-    if math.isnan(value):
-        raise SweepError([f"{flag}: a number expected (got {raw!r})"])
-    return value
-
-
-def _items(flag: str, raw: str) -> list[str]:
-    items = [t.strip() for t in raw.split(",")]
-    if any(not t for t in items):
-        raise SweepError([f"{flag}: expected a comma-separated list (got {raw!r})"])
-    return items
-
-
-def _weighted(flag: str, raw: str, kind: Callable[[str, str], Any]) -> tuple[tuple[Any, float], ...]:
-    out = []
-    for item in _items(flag, raw):
-        value, sep, weight = item.partition("=")
-        out.append((kind(flag, value), _float(flag, weight) if sep else 1.0))
-    return tuple(out)
-
-
-def _tags(flag: str, raw: str) -> tuple[tuple[str, float, float], ...]:
-    out = []
-    for item in _items(flag, raw):
-        name, sep, fractions = item.partition("=")
-        if not sep or not name:
-            raise SweepError([f"{flag}: expected TAG=R[:J] (got {item!r})"])
-        render_frac, sep, job_frac = fractions.partition(":")
-        r = _float(flag, render_frac)
-        out.append((name, r, _float(flag, job_frac) if sep else r))
-    return tuple(out)
-
-
-def _priorities(flag: str, raw: str) -> dict[str, Any]:
-    low, sep, high = raw.partition("-")
-    try:
-        lo = int(low)
-        hi = int(high) if sep else lo
-    except ValueError:
-        raise SweepError([f"{flag}: LO-HI expected (got {raw!r})"]) from None
-    return {"priority_low": lo, "priority_high": hi}
-
-
-def _one(target: str, kind: Callable[[str, str], Any]) -> Callable[[str, str], dict[str, Any]]:
-    return lambda flag, raw: {target: kind(flag, raw)}
-
-
-def _text(_flag: str, raw: str) -> str:
-    return raw
-
-
-def _optional_float(flag: str, raw: str) -> float | None:
-    return None if raw.lower() == "none" else _float(flag, raw)
-
-
 @dataclass(frozen=True)
 class SweepOption:
-    """An option of ``farmhand sweep`` that a sweep can vary.
+    """An option of ``farmhand sim`` that a sweep can vary (``dest`` as in ``farmhand sim``'s parser).
 
-    ``convert(flag, text)`` turns one value into the keyword arguments of its ``target``: ``generator``
-    (:class:`~farmhand.sim.workload.GeneratorOptions`), ``faults`` (:class:`~farmhand.sim.run.FaultModel`),
-    ``network`` (:class:`~farmhand.sim.runtime.NetworkModel`) or ``run`` (:func:`~farmhand.sim.run.run_sim`).
     ``listy`` options take a comma list as one value, so their sweep values are separated by ``;``.
     """
 
     dest: str
-    target: str
-    convert: Callable[[str, str], dict[str, Any]]
     help: str
     metavar: str = "V,..."
     listy: bool = False
@@ -175,68 +110,91 @@ class SweepOption:
         return ";" if self.listy else ","
 
 
-def _numbers(target: str, kind: Callable[[str, str], Any]) -> Callable[[str, str], dict[str, Any]]:
-    return lambda flag, raw: {target: tuple(kind(flag, t) for t in _items(flag, raw))}
-
+_LIST = "; sweep values separated by ';'"
 
 #: the options a sweep can vary, in the order of their columns in ``sweep.csv``
 OPTIONS: tuple[SweepOption, ...] = (
-    SweepOption("jobs", "generator", _one("jobs", _int), "synthetic jobs (1000)", "J,..."),
-    SweepOption("tasks", "generator", _one("tasks", _int), "tasks per job, split over the blocks (100)", "T,..."),
-    SweepOption("blocks", "generator", _one("blocks", _int), "blocks per job (1)", "B,..."),
-    SweepOption("renders", "generator", _one("renders", _int), "renders (500)", "R,..."),
-    SweepOption("users", "generator", _one("users", _int), "users (10)", "U,..."),
-    SweepOption("priorities", "generator", _priorities, "job priorities, uniform (0-199)", "LO-HI,..."),
-    SweepOption("user_priorities", "generator", _numbers("user_priorities", _int),
-                "users' fair-share priorities, cycled; sweep values separated by ';'", "P,...;...", listy=True),
-    SweepOption("user_weights", "generator", _numbers("user_weights", _float),
-                "users' weights, cycled; sweep values separated by ';'", "W,...;...", listy=True),
-    SweepOption("arrival", "generator", _one("arrival", _text), "arrivals: all, poisson or burst (poisson)",
-                "KIND,..."),
-    SweepOption("rate", "generator", _one("rate", _optional_float),
-                "Poisson arrivals, jobs per second ('none': derived from --load)", "RATE,..."),
-    SweepOption("load", "generator", _one("load", _float), "offered load the default Poisson rate aims at (0.9)",
-                "L,..."),
-    SweepOption("burst_size", "generator", _one("burst_size", _int), "jobs per burst (50)", "N,..."),
-    SweepOption("burst_every", "generator", _one("burst_every", _float), "seconds between bursts (3600)", "S,..."),
-    SweepOption("duration", "generator", _numbers("duration", _text),
-                "task durations per block: fixed, exp or lognormal (lognormal); sweep values separated by ';'",
-                "KIND,...;...", listy=True),
-    SweepOption("mean", "generator", _numbers("mean", _float),
-                "mean task duration per block, seconds (60); sweep values separated by ';'", "S,...;...", listy=True),
-    SweepOption("sigma", "generator", _numbers("sigma", _float),
-                "lognormal sigma of log(duration) per block (0.5); sweep values separated by ';'", "S,...;...",
+    SweepOption("jobs", "synthetic jobs (1000)", "J,..."),
+    SweepOption("tasks", "tasks per job, split over the blocks (100)", "T,..."),
+    SweepOption("blocks", "blocks per job (1)", "B,..."),
+    SweepOption("renders", "renders (500)", "R,..."),
+    SweepOption("users", "users (10)", "U,..."),
+    SweepOption("priorities", "job priorities, uniform (0-199)", "LO-HI,..."),
+    SweepOption("user_priorities", "users' fair-share priorities, cycled" + _LIST, "P,...;...", listy=True),
+    SweepOption("user_weights", "users' weights, cycled" + _LIST, "W,...;...", listy=True),
+    SweepOption("arrival", "arrivals: all, poisson or burst (poisson)", "KIND,..."),
+    SweepOption("rate", "Poisson arrivals, jobs per second (default: from --load)", "RATE,..."),
+    SweepOption("load", "offered load the default Poisson rate aims at (0.9)", "L,..."),
+    SweepOption("burst_size", "jobs per burst (50)", "N,..."),
+    SweepOption("burst_every", "seconds between bursts (3600)", "S,..."),
+    SweepOption("duration", "task durations per block: fixed, exp or lognormal (lognormal)" + _LIST, "KIND,...;...",
                 listy=True),
-    SweepOption("deps", "generator", _one("deps", _text), "block dependencies: none, chain or frames (none)",
-                "KIND,..."),
-    SweepOption("tags", "generator", lambda flag, raw: {"tags": _tags(flag, raw)},
-                "tag mix TAG=R[:J],...; sweep values separated by ';'", "TAG=R[:J],...;...", listy=True),
-    SweepOption("capacity", "generator", lambda flag, raw: {"capacity": _weighted(flag, raw, _int)},
-                "capacity mix of blocks C[=W],... (1); sweep values separated by ';'", "C[=W],...;...", listy=True),
-    SweepOption("render_capacity", "generator", _one("render_capacity", _int),
-                "capacity and max tasks of each render (default: the largest task capacity)", "C,..."),
-    SweepOption("speeds", "generator", lambda flag, raw: {"speeds": _weighted(flag, raw, _float)},
-                "render speed mix S[=W],... (1); sweep values separated by ';'", "S[=W],...;...", listy=True),
-    SweepOption("failure_prob", "faults", _one("failure_probability", _float), "probability that a run fails (0)",
-                "P,..."),
-    SweepOption("mtbf", "faults", _one("mtbf_s", _optional_float), "render mean time between failures, seconds",
-                "S,..."),
-    SweepOption("mttr", "faults", _one("mttr_s", _float), "render mean time to repair, seconds (600)", "S,..."),
-    SweepOption("heartbeat", "faults", _one("heartbeat_s", _float),
-                "worker heartbeat interval when renders can fail, seconds (30)", "S,..."),
-    SweepOption("zombie", "faults", _one("zombie_s", _float),
-                "silence after which a render is lost, seconds (120)", "S,..."),
-    SweepOption("latency", "network", _one("latency", _float), "worker<->server latency, seconds (0)", "S,..."),
-    SweepOption("jitter", "network", _one("jitter", _float), "extra uniform latency, seconds (0)", "S,..."),
-    SweepOption("loss", "network", _one("loss", _float), "probability a worker<->server message is lost (0)",
-                "P,..."),
-    SweepOption("internal_latency", "network", _one("internal_latency", _float),
-                "latency of messages inside the server, seconds (0)", "S,..."),
-    SweepOption("until", "run", _one("max_time", _float), "stop each run at this simulated time, seconds",
-                "S,..."),
+    SweepOption("mean", "mean task duration per block, seconds (60)" + _LIST, "S,...;...", listy=True),
+    SweepOption("sigma", "lognormal sigma of log(duration) per block (0.5)" + _LIST, "S,...;...", listy=True),
+    SweepOption("deps", "block dependencies: none, chain or frames (none)", "KIND,..."),
+    SweepOption("tags", "tag mix TAG=R[:J],..." + _LIST, "TAG=R[:J],...;...", listy=True),
+    SweepOption("capacity", "capacity mix of blocks C[=W],... (1)" + _LIST, "C[=W],...;...", listy=True),
+    SweepOption("render_capacity", "capacity and max tasks of each render (default: the largest task capacity)",
+                "C,..."),
+    SweepOption("speeds", "render speed mix S[=W],... (1)" + _LIST, "S[=W],...;...", listy=True),
+    SweepOption("failure_prob", "probability that a run fails (0)", "P,..."),
+    SweepOption("mtbf", "render mean time between failures, seconds (none: no crashes)", "S,..."),
+    SweepOption("mttr", "render mean time to repair, seconds (600)", "S,..."),
+    SweepOption("heartbeat", "worker heartbeat interval when renders can fail, seconds (30)", "S,..."),
+    SweepOption("zombie", "silence after which a render is lost, seconds (120)", "S,..."),
+    SweepOption("latency", "worker<->server latency, seconds (0)", "S,..."),
+    SweepOption("jitter", "extra uniform latency, seconds (0)", "S,..."),
+    SweepOption("loss", "probability a worker<->server message is lost (0)", "P,..."),
+    SweepOption("internal_latency", "latency of messages inside the server, seconds (0)", "S,..."),
+    SweepOption("until", "stop each run at this simulated time, seconds", "S,..."),
 )
 
 _BY_DEST = {o.dest: o for o in OPTIONS}
+#: the value that means "not given": ``farmhand sim``'s default (``--mtbf none,3600``)
+NOT_GIVEN = "none"
+
+
+class _Raising(argparse.ArgumentParser):
+    """An argument parser whose errors raise :class:`SweepError` instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SweepError([message.replace("argument ", "", 1)])
+
+
+@functools.cache
+def _sim_parser() -> argparse.ArgumentParser:
+    """``farmhand sim``'s own parser: each run parses its options exactly as ``farmhand sim`` would."""
+    from farmhand.cli_sim import add_sim_parser
+
+    top = _Raising(prog="farmhand", add_help=False)
+    return add_sim_parser(top.add_subparsers(parser_class=_Raising))
+
+
+def _sim_namespace(params: Iterable[tuple[str, str]]) -> argparse.Namespace:
+    """The parsed ``farmhand sim`` options of a run (SweepError when argparse refuses one)."""
+    argv = [f"{_BY_DEST[d].flag}={v}" for d, v in params if v.lower() != NOT_GIVEN]
+    return _sim_parser().parse_args(argv)
+
+
+def _problems(exc: Exception) -> list[str]:
+    """The lines of an error from ``farmhand sim``'s parsing, each naming its option."""
+    problems = getattr(exc, "problems", None)
+    if problems:
+        return list(problems)
+    text = str(exc)
+    name, sep, rest = text.partition(":")
+    if sep and not name.startswith("-") and name.replace("_", "").isalpha():  # NetworkModel says "loss: ..."
+        return [f"--{name.replace('_', '-')}:{rest}"]
+    return [text]
+
+
+def _models(params: Iterable[tuple[str, str]]) -> tuple[Any, Any, Any, float | None]:
+    """GeneratorOptions, FaultModel, NetworkModel and the time limit of a run, through ``farmhand sim``'s own
+    functions; raises SweepError / SpecError / ValueError naming the option when one is bad."""
+    from farmhand.cli_sim import fault_model, generator_options, network_model
+
+    ns = _sim_namespace(params)
+    return generator_options(ns), fault_model(ns), network_model(ns), ns.until
 
 
 def split_values(option: SweepOption, text: str) -> tuple[str, ...]:
@@ -247,8 +205,9 @@ def split_values(option: SweepOption, text: str) -> tuple[str, ...]:
     if len(set(values)) != len(values):
         twice = sorted({v for v in values if values.count(v) > 1})
         raise SweepError([f"{option.flag}: a value is given twice (got {text!r}: {', '.join(twice)})"])
-    for value in values:
-        option.convert(option.flag, value)
+    problems = [line for value in values for line in _check_value(option, value)]
+    if problems:
+        raise SweepError(problems)
     return values
 
 
@@ -301,8 +260,11 @@ class RunSpec:
 
     def estimated_tasks(self) -> int:
         """The tasks the run simulates (to start the big runs first)."""
-        kw = _kwargs(self.params)["generator"]
-        return int(kw.get("jobs", 1000)) * int(kw.get("tasks", 100))
+        given = dict(self.params)
+        try:
+            return int(given.get("jobs", "1000")) * int(given.get("tasks", "100"))
+        except ValueError:
+            return 0
 
 
 @dataclass
@@ -342,14 +304,6 @@ class Sweep:
         return {d: values[0] for d, values in self.axes if len(values) == 1}
 
 
-def _kwargs(params: Iterable[tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {"generator": {}, "faults": {}, "network": {}, "run": {}}
-    for dest, text in params:
-        option = _BY_DEST[dest]
-        out[option.target].update(option.convert(option.flag, text))
-    return out
-
-
 def expand(
     policies: Sequence[str],
     seeds: Sequence[int],
@@ -368,39 +322,27 @@ def expand(
     return runs
 
 
-def _models(params: Iterable[tuple[str, str]]) -> tuple[Any, Any, Any, float | None]:
-    """GeneratorOptions, FaultModel, NetworkModel and the time limit of a run."""
-    from farmhand.sim.run import FaultModel
-    from farmhand.sim.runtime import NetworkModel
-    from farmhand.sim.workload import GeneratorOptions
+def _check_value(option: SweepOption, value: str) -> list[str]:
+    """The problems of one value alone (its type, its choices, its list syntax)."""
+    from farmhand.cli_sim import generator_options
 
-    kw = _kwargs(params)
-    return GeneratorOptions(**kw["generator"]), FaultModel(**kw["faults"]), NetworkModel(**kw["network"]), \
-        kw["run"].get("max_time")
+    try:
+        generator_options(_sim_namespace([(option.dest, value)]))
+    except (SweepError, ValueError) as exc:
+        return _problems(exc)
+    return []
 
 
 def _check_combination(params: tuple[tuple[str, str], ...]) -> list[str]:
-    from farmhand.sim.run import FaultModel
-    from farmhand.sim.workload import GeneratorOptions, WorkloadError
-
-    kw = _kwargs(params)
-    problems: list[str] = []
+    """The problems of one combination of values (what only shows with the others, like --blocks > --tasks)."""
     try:
-        GeneratorOptions(**kw["generator"]).check()
-    except WorkloadError as exc:
-        problems.extend(exc.problems)
-    problems.extend(FaultModel(**kw["faults"]).check())
-    try:
-        from farmhand.sim.runtime import NetworkModel
-
-        NetworkModel(**kw["network"])
-    except ValueError as exc:
-        name, _, rest = str(exc).partition(":")
-        problems.append(f"--{name.replace('_', '-')}:{rest}")
-    limit = kw["run"].get("max_time")
+        options, _faults, _network, limit = _models(params)
+        options.check()
+    except (SweepError, ValueError) as exc:  # SpecError and WorkloadError are ValueErrors
+        return _problems(exc)
     if limit is not None and not limit > 0:
-        problems.append(f"--until: must be > 0 seconds (got {limit})")
-    return problems
+        return [f"--until: must be > 0 seconds (got {limit})"]
+    return []
 
 
 def build_sweep(

@@ -593,7 +593,7 @@ FAILURES = ("none", "always", "random")
 def test_scheduling_invariants_hold_after_every_message(policy: str, failure: str) -> None:
     # one derandomized hypothesis run per policy and failure mode, so that every pair gets its share
     @settings(
-        max_examples=40,
+        max_examples=35,
         derandomize=True,
         deadline=None,
         database=None,
