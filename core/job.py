@@ -62,44 +62,36 @@ ACTIONS = ("pause", "resume", "delete", "restart", "skip", "priority")
 
 
 class Task:
-    """One task's mutable state inside its job."""
+    """One task's mutable state inside its job.
 
-    __slots__ = (
-        "attempt",
-        "failures",
-        "frames",
-        "frames_text",
-        "index",
-        "output",
-        "percent",
-        "rank",
-        "ready_time",
-        "render",
-        "run_id",
-        "start_time",
-        "state",
-        "unmet",
-    )
+    Fields a new task has in common live on the class and are shadowed per instance once they change: a
+    job builds all its tasks at once (a hundred thousand in a large simulation), so building one sets only
+    what is its own.
+    """
+
+    state = WAITING
+    attempt = 0
+    failures = 0
+    unmet = 0
+    ready_time = 0.0
+    start_time = 0.0
+    run_id = 0
+    render = ""
+    percent = -1
+    output: tuple[str, ...] = ()
 
     def __init__(self, index: int, frames: TaskFrames, rank: int) -> None:
         self.index = index
         self.frames = frames
         self.rank = rank
-        self.state = WAITING
-        self.attempt = 0
-        self.failures = 0
-        self.unmet = 0
-        self.ready_time = 0.0
-        self.start_time = 0.0
-        self.run_id = 0
-        self.render = ""
-        self.percent = -1
-        self.output: tuple[str, ...] = ()
-        first, last = frames.first, frames.last
+
+    @property
+    def frames_text(self) -> str:
+        """The frames the task covers, as ``first-last`` (or one frame, or empty)."""
+        first, last = self.frames.first, self.frames.last
         if first is None:
-            self.frames_text = ""
-        else:
-            self.frames_text = str(first) if last is None or last == first else f"{first}-{last}"
+            return ""
+        return str(first) if last is None or last == first else f"{first}-{last}"
 
     @property
     def state_name(self) -> str:
