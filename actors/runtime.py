@@ -108,8 +108,10 @@ class TimerThread:
         with self._cond:
             seq = next(self._seq)
             self._live[(address, key)] = seq
+            earliest = not self._heap or at < self._heap[0][0]
             heapq.heappush(self._heap, (at, seq, address, key, message))
-            self._cond.notify()
+            if earliest:  # the thread sleeps until the head: only an earlier timer needs to wake it
+                self._cond.notify()
 
     def cancel(self, address: Address, key: Hashable) -> None:
         with self._cond:

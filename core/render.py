@@ -22,6 +22,7 @@ from .messages import (
     KillRun,
     Message,
     ReclaimRun,
+    Rejoin,
     RenderInfo,
     RenderOffline,
     RenderOnline,
@@ -99,8 +100,9 @@ class RenderBehaviour:
         self._arm(ctx)
 
     def _on_heartbeat(self, msg: Heartbeat, ctx: Context) -> None:
-        if self.state == OFFLINE:
-            return  # a lost render must say hello again
+        if self.state == OFFLINE:  # declared lost while its connection stayed up: it must say hello again
+            ctx.send(self._worker, Rejoin(ctx.next_id(), msg.id, "render was declared lost"))
+            return
         self._arm(ctx)
 
     def _on_tick(self, msg: Tick, ctx: Context) -> None:

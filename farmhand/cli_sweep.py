@@ -3,9 +3,9 @@
 Wire it into the main parser with ``add_sweep_parser(subparsers)``. Every synthetic generator option of
 ``farmhand sim`` (and its fault and network options) takes several values: separated by commas, or by ``;`` for
 the options whose one value is already a comma list (``--mean``, ``--sigma``, ``--duration``, ``--capacity``,
-``--speeds``, ``--tags``, ``--user-priorities``, ``--user-weights``). Runs are the cartesian product of the
-policies, the seeds and every option's values; they run in ``--jobs-parallel`` processes, or on a
-dask.distributed cluster with ``--executor dask --scheduler ADDRESS``.
+``--speeds``, ``--tags``, ``--user-priorities``, ``--user-weights``); ``none`` is ``farmhand sim``'s default.
+Runs are the cartesian product of the policies, the seeds and every option's values; they run in
+``--jobs-parallel`` processes, or on a dask.distributed cluster with ``--executor dask --scheduler ADDRESS``.
 
 Writes to ``--out`` (default ``./sweep-out``):
 
@@ -45,6 +45,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
         "comparison plots with 95% confidence intervals, and print a comparison table.",
         epilog="Values are separated by commas (--jobs 100,200 --load 0.8,0.95); for the options whose value is "
         "itself a comma list, by ';' (--mean '60;120' sweeps two means, --mean 60,120 is one mean per block). "
+        "The value 'none' keeps farmhand sim's default (--mtbf none,3600: without and with render crashes). "
         "A run with seed S simulates what 'farmhand sim --seed S' does with the same options.",
     )
     p.add_argument("--policy", required=True, metavar="A,B,...",

@@ -261,10 +261,12 @@ class RunSpec:
     def estimated_tasks(self) -> int:
         """The tasks the run simulates (to start the big runs first)."""
         given = dict(self.params)
-        try:
-            return int(given.get("jobs", "1000")) * int(given.get("tasks", "100"))
-        except ValueError:
-            return 0
+
+        def count(dest: str, default: int) -> int:
+            text = given.get(dest, NOT_GIVEN)
+            return default if text.lower() == NOT_GIVEN else int(text)
+
+        return count("jobs", 1000) * count("tasks", 100)
 
 
 @dataclass
@@ -465,11 +467,18 @@ def run_sweep(
             raise SweepError(["--executor dask: needs --scheduler ADDRESS"])
         _run_dask(order, scheduler, finished, connect_timeout_s)
     else:
-        workers = jobs_parallel if jobs_parallel is not None else (os.cpu_count() or 1)
+        workers = jobs_parallel if jobs_parallel is not None else _cpu_count()
         if workers < 1:
             raise SweepError([f"--jobs-parallel: must be >= 1 (got {workers})"])
         _run_local(order, min(workers, max(1, len(runs))), finished)
     return [results[s.index] for s in runs]
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _run_local(order: Sequence[RunSpec], workers: int, finished: Callable[[RunResult], None]) -> None:

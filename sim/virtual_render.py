@@ -4,8 +4,8 @@ It says hello to its render, heartbeats if asked to, starts each assigned run at
 finished after its duration divided by the render's speed (killed at the block's timeout, failed with a
 given probability). It shares the server's clock, so it reports each run's start time with its finish
 instead of sending ``TaskStarted``, and wants no acknowledgements (it never loses a finish report): two
-messages less per task than a real worker. It is pure like the core (time and randomness come from ``ctx``), so the same class
-stands in for workers in the simulator, in ``farmhand local`` and in tests.
+messages less per task than a real worker. It is pure like the core (time and randomness come from
+``ctx``), so the same class stands in for workers in the simulator, in ``farmhand local`` and in tests.
 """
 
 from __future__ import annotations

@@ -122,7 +122,10 @@ def test_silent_render_is_declared_lost_and_its_runs_come_back_as_lost() -> None
     assert isinstance(lost, RunLost) and (lost.run_id, lost.task, lost.attempt, lost.render) == (12, 4, 1, "r1")
     assert b.render.state == OFFLINE and b.render.runs == {} and b.render.lost_count == 1
     # a heartbeat from a lost render is ignored: it must say hello again
-    assert b.do(Heartbeat(b.rt.next_id(), "r1")) == [] and b.rt.next_timer() is None
+    # a heartbeat from a render declared lost (its connection stayed up) asks the worker to say hello again
+    rejoin = b.do(Heartbeat(b.rt.next_id(), "r1"))
+    assert [(to, type(m).__name__) for to, m in rejoin] == [("worker/r1", "Rejoin")]
+    assert b.rt.next_timer() is None
     # an assignment that reaches a lost render comes straight back as lost
     assert kinds(b.assign(13, job_id=5)) == [("job/5", "RunLost")]
     # kills are not forwarded to a lost render's worker

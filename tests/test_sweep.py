@@ -86,17 +86,35 @@ def test_values_split_on_commas_or_on_semicolons_for_list_options() -> None:
     assert split_values(OPTION["capacity"], "1=3,4=1;1") == ("1=3,4=1", "1")
     assert split_values(OPTION["tags"], "gpu=0.5:0.2;gpu=1") == ("gpu=0.5:0.2", "gpu=1")
     for dest, text, message in [
-        ("jobs", "10,x", "--jobs: an integer expected (got 'x')"),
+        ("jobs", "10,x", "--jobs: invalid int value: 'x'"),
         ("load", "0.8,,0.9", "--load: expected values separated by ',' (got '0.8,,0.9')"),
         ("load", "0.8,0.8", "--load: a value is given twice"),
-        ("load", "nan", "--load: a number expected (got 'nan')"),
         ("mean", "60;x", "--mean: a number expected (got 'x')"),
         ("tags", "gpu", "--tags: expected TAG=R[:J] (got 'gpu')"),
-        ("priorities", "a-b", "--priorities: LO-HI expected (got 'a-b')"),
+        ("priorities", "a-b", "--priorities: LO-HI expected (got 'a')"),
+        ("arrival", "all,soon", "--arrival: invalid choice: 'soon'"),
     ]:
         with pytest.raises(SweepError) as info:
             split_values(OPTION[dest], text)
         assert info.value.problems == [message] or message in info.value.problems[0], (dest, text)
+
+
+def test_every_generator_fault_and_network_option_of_farmhand_sim_can_be_swept() -> None:
+    import argparse
+
+    from farmhand.cli_sim import add_fault_arguments, add_generator_arguments
+
+    parser = argparse.ArgumentParser()
+    add_generator_arguments(parser)
+    add_fault_arguments(parser)
+    sim = {a.dest for a in parser._actions if a.option_strings and a.dest != "help"} | {"jobs", "renders", "until"}
+    assert sim == set(OPTION)
+
+
+def test_none_means_farmhand_sims_default() -> None:
+    sweep = build_sweep("fifo", "1", {"jobs": "3", "tasks": "2", "renders": "2", "mtbf": "none,50000"})
+    results = run_sweep(sweep.runs, jobs_parallel=1)
+    assert [r.summary["scenario"]["faults"]["mtbf_s"] for r in results if r.summary] == [None, 50000.0]
 
 
 def test_the_expansion_is_the_cartesian_product() -> None:
@@ -244,10 +262,11 @@ def test_a_failing_run_is_reported_and_exits_1(
         (["--policy", "fifo,nope", "--seeds", "1"], "--policy: unknown policy 'nope'"),
         (["--policy", "fifo", "--seeds", "5-1"], "--seeds: a range must go up (got '5-1')"),
         (["--policy", "fifo", "--seeds", "1,x"], "--seeds: expected seeds like 1-10 or 1,2,5 (got 'x' in '1,x')"),
-        (["--policy", "fifo", "--seeds", "1", "--jobs", "10,x"], "--jobs: an integer expected (got 'x')"),
+        (["--policy", "fifo", "--seeds", "1", "--jobs", "10,x"], "--jobs: invalid int value: 'x'"),
         (["--policy", "fifo", "--seeds", "1", "--load", "0.8,0"], "--load: must be > 0 (got 0.0) (with --load 0)"),
         (["--policy", "fifo", "--seeds", "1", "--mean", "60,120"], None),  # valid: one mean per block
-        (["--policy", "fifo", "--seeds", "1", "--arrival", "poisson,soon"], "--arrival: must be one of"),
+        (["--policy", "fifo", "--seeds", "1", "--arrival", "poisson,soon"], "--arrival: invalid choice: 'soon'"),
+        (["--policy", "fifo", "--seeds", "1", "--load", "nan"], "--load: must be > 0 (got nan)"),
         (["--policy", "fifo", "--seeds", "1", "--loss", "0.1,1"], "--loss: must be >= 0 and < 1 (got 1.0)"),
         (["--policy", "fifo", "--seeds", "1", "--jobs-parallel", "0"], "--jobs-parallel: must be >= 1 (got 0)"),
         (["--policy", "fifo", "--seeds", "1", "--executor", "dask"], "--executor dask: needs --scheduler ADDRESS"),

@@ -360,6 +360,10 @@ def test_stop_kills_tasks_says_goodbye_and_does_not_report_them(tmp_path: Path) 
         await peer.accept()
         peer.send(assign(9, f"echo $$ > {pidfile}; exec sleep 30"))
         await peer.expect(TaskStarted)
+        for _ in range(100):  # the shell writes its pid a moment after the start is reported
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
         start = time.monotonic()
         worker.request_stop()
         bye = await peer.expect(Goodbye)  # no TaskFinished before it: the run is requeued by the server
