@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """farmhand's two quick-start commands, on a fresh machine with only Python 3.11+ and the package registries.
 
-    python3 dev.py demo    # install what is needed into .venv, then run the main demo
+    python3 dev.py demo    # install what is needed into .venv, then run the demo farm (farmhand demo)
     python3 dev.py test    # install what is needed into .venv, then lint, type-check and run every test
 
 Anything after the command is passed on (``python3 dev.py test -k solver``, ``python3 dev.py demo --seed 3``).
@@ -45,9 +45,8 @@ def ensure_env() -> None:
 
 
 def demo(args: list[str]) -> int:
-    """The main job: a simulation of the design's scenario, or a local run of the bundled example job."""
-    example = ROOT / "farmhand" / "examples" / "houdini.json"
-    return _run([BIN / "farmhand", "local", example, "--renders", "8", *args])
+    """The main job: a real farm on this machine (server, worker processes, a job of real small work)."""
+    return _run([BIN / "farmhand", "demo", *args])
 
 
 def test(args: list[str]) -> int:
