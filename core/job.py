@@ -13,8 +13,7 @@ Task states: waiting (dependencies, job dependencies, wait-until), ready, runnin
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from .frames import TaskFrames, block_tasks, frame_dependencies, task_order
 from .messages import (
@@ -52,7 +51,7 @@ from .messages import (
     TaskView,
     Tick,
 )
-from .runtime import EVENTS, REGISTRY, SOLVER, Context, render_address
+from .runtime import EVENTS, REGISTRY, SOLVER, Context, Handler, MessageRouter, render_address
 from .spec import BlockSpec, CommandTemplate, JobSpec
 
 WAITING, READY, RUNNING, DONE, ERROR, SKIPPED = range(6)
@@ -173,7 +172,7 @@ class LiveRun:
         self.ready_time = ready_time
 
 
-class JobBehaviour:
+class JobBehaviour(MessageRouter):
     """The behaviour that owns one job (hosted by a JobActor in production)."""
 
     def __init__(self, job_id: int, spec: JobSpec, user: str, submit_time: float, task_events: bool = False) -> None:
@@ -200,7 +199,7 @@ class JobBehaviour:
             b.max_running_tasks is not None for b in spec.blocks
         )
         self._wire_dependencies()
-        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+        self._handlers: dict[type[Message], Handler] = {
             Dispatch: self._on_dispatch,
             TaskStarted: self._on_started,
             TaskProgress: self._on_progress,
@@ -231,11 +230,6 @@ class JobBehaviour:
                     for i in ups:
                         upstream.frame_down[i].append((block.index, j))
 
-    def handle(self, message: Message, ctx: Context) -> None:
-        """React to one message (unknown kinds are ignored)."""
-        handler = self._handlers.get(type(message))
-        if handler is not None:
-            handler(message, ctx)
 
     def _on_start(self, msg: StartJob, ctx: Context) -> None:
         if self.started:
@@ -639,23 +633,21 @@ class JobBehaviour:
         if self.task_events:
             ctx.send(EVENTS, update)
 
-    def _act_pause(self, msg: JobAction, ctx: Context) -> str:
-        if self.paused:
-            return "already paused"
-        self.paused = True
+    def _set_paused(self, paused: bool, ctx: Context) -> bool:
+        """Pause or resume; False if it already was."""
+        if self.paused == paused:
+            return False
+        self.paused = paused
         self._send_update(ctx)
         for block in self.blocks:
             self._report(block, ctx)
-        return "paused"
+        return True
+
+    def _act_pause(self, msg: JobAction, ctx: Context) -> str:
+        return "paused" if self._set_paused(True, ctx) else "already paused"
 
     def _act_resume(self, msg: JobAction, ctx: Context) -> str:
-        if not self.paused:
-            return "not paused"
-        self.paused = False
-        self._send_update(ctx)
-        for block in self.blocks:
-            self._report(block, ctx)
-        return "resumed"
+        return "resumed" if self._set_paused(False, ctx) else "not paused"
 
     def _act_priority(self, msg: JobAction, ctx: Context) -> str:
         if not 0 <= msg.value <= 255:

@@ -14,8 +14,6 @@ its tasks' lasting states; the registry hands those to the new job (``RestoreTas
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
 from .job import JobBehaviour
 from .messages import (
@@ -31,7 +29,7 @@ from .messages import (
     StartJob,
     SubmitJob,
 )
-from .runtime import Context, job_address
+from .runtime import Context, Handler, MessageRouter, job_address
 
 
 class JobEntry:
@@ -49,24 +47,19 @@ class JobEntry:
         self.waiters: set[int] = set()
 
 
-class Registry:
+class Registry(MessageRouter):
     """The registry behaviour (one per farm)."""
 
     def __init__(self, first_job_id: int = 1) -> None:
         self.jobs: dict[int, JobEntry] = {}
         self.next_job_id = first_job_id
-        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+        self._handlers: dict[type[Message], Handler] = {
             SubmitJob: self._on_submit,
             JobStateChanged: self._on_state,
             JobAction: self._on_action,
             JobQuery: self._on_action,
         }
 
-    def handle(self, message: Message, ctx: Context) -> None:
-        """React to one message (unknown kinds are ignored)."""
-        handler = self._handlers.get(type(message))
-        if handler is not None:
-            handler(message, ctx)
 
     def _on_submit(self, msg: SubmitJob, ctx: Context) -> None:
         spec = msg.spec

@@ -10,9 +10,6 @@ knows are offered back to their jobs, which keep or kill them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from .messages import (
     Assign,
     FinishAck,
@@ -35,12 +32,12 @@ from .messages import (
     Tick,
     Welcome,
 )
-from .runtime import SOLVER, Context, job_address, worker_address
+from .runtime import SOLVER, Context, Handler, MessageRouter, job_address, worker_address
 
 ONLINE, PAUSED, OFFLINE = "online", "paused", "offline"
 
 
-class RenderBehaviour:
+class RenderBehaviour(MessageRouter):
     """The server side of one render (hosted by a RenderActor in production)."""
 
     def __init__(self, name: str, heartbeat_s: float = 5.0, zombie_s: float = 60.0, watch: bool = True) -> None:
@@ -56,7 +53,7 @@ class RenderBehaviour:
         self.runs: dict[int, RunningRun | Assign] = {}
         self.lost_count = 0
         self._worker = worker_address(name)
-        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+        self._handlers: dict[type[Message], Handler] = {
             Assign: self._on_assign,
             TaskStarted: self._forward_to_job,
             TaskProgress: self._forward_to_job,
@@ -69,11 +66,6 @@ class RenderBehaviour:
             RenderPaused: self._on_paused,
         }
 
-    def handle(self, message: Message, ctx: Context) -> None:
-        """React to one message (unknown kinds are ignored)."""
-        handler = self._handlers.get(type(message))
-        if handler is not None:
-            handler(message, ctx)
 
     # ---------------------------------------------------------------------------------------- liveness
     def _arm(self, ctx: Context) -> None:

@@ -9,8 +9,8 @@ runtime each implement :class:`Context`; the behaviours never know which one hos
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable
-from typing import Protocol
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
 
 from .messages import Message
 
@@ -79,3 +79,21 @@ class Behaviour(Protocol):
 
     def handle(self, message: Message, ctx: Context) -> None:
         """React to one message."""
+
+
+Handler = Callable[[Any, "Context"], None]
+
+
+class MessageRouter:
+    """Base of behaviours that route each kind of message to one method; unknown kinds are ignored.
+
+    A subclass fills ``_handlers`` (message class -> bound method) in its constructor.
+    """
+
+    _handlers: dict[type[Message], Handler]
+
+    def handle(self, message: Message, ctx: Context) -> None:
+        """React to one message."""
+        handler = self._handlers.get(type(message))
+        if handler is not None:
+            handler(message, ctx)

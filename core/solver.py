@@ -18,7 +18,7 @@ ready count of a block is ``ready - (sent - handled)``, exact under per-link FIF
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -43,7 +43,7 @@ from .messages import (
     SetUser,
 )
 from .policies import Policy, UserState
-from .runtime import Context, job_address, render_address
+from .runtime import Context, Handler, MessageRouter, job_address, render_address
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
 
@@ -112,6 +112,7 @@ class JobSlot:
     """A job as the solver sees it: its policy inputs and its blocks."""
 
     __slots__ = (
+        "address",
         "blocks",
         "closed",
         "group",
@@ -127,6 +128,7 @@ class JobSlot:
 
     def __init__(self, msg: JobOpened, seq: int, group: UserGroup) -> None:
         self.job_id = msg.job_id
+        self.address = job_address(msg.job_id)
         self.user = msg.user
         self.priority = msg.priority
         self.submit_time = msg.submit_time
@@ -198,7 +200,7 @@ class UserGroup(UserState):
 _Run = tuple[RenderSlot, BlockEntry | None, int, int]
 
 
-class Solver:
+class Solver(MessageRouter):
     """The solver behaviour: the policy-ordered index of ready work and the render capacity ledger."""
 
     def __init__(self, policy: Policy, reserve_after_s: float | None = 60.0) -> None:
@@ -223,7 +225,7 @@ class Solver:
         self._seq = 0
         self._last_refresh = 0.0
         self.decisions = 0
-        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+        self._handlers: dict[type[Message], Handler] = {
             BlockReady: self._on_block_ready,
             RunEnded: self._on_run_ended,
             JobOpened: self._on_job_opened,
@@ -240,7 +242,7 @@ class Solver:
 
     # ---------------------------------------------------------------------------------------- entry
     def handle(self, message: Message, ctx: Context) -> None:
-        """React to one message (unknown kinds are ignored)."""
+        """React to one message (unknown kinds are ignored); then refill renders held for nothing."""
         handler = self._handlers.get(type(message))
         if handler is not None:
             handler(message, ctx)
@@ -451,10 +453,10 @@ class Solver:
         """Dispatch to ``render`` until it is full or nothing eligible is left (then it is idle)."""
         if not render.online or render.paused:
             return
+        now = self._now = ctx.now
         refresh = self.policy.refresh_s
-        if refresh is not None and ctx.now - self._last_refresh >= refresh:
-            self._refresh_groups(ctx.now)
-        self._now = ctx.now
+        if refresh is not None and now - self._last_refresh >= refresh:
+            self._refresh_groups(now)
         while render.free_tasks > 0 and render.free_cap > 0:
             entry = self.decide(render)
             if entry is None:
@@ -468,7 +470,7 @@ class Solver:
                 return
             if render.held_for is not None and (render.held_for is entry or render.held_for.item is None):
                 self._hold(render, None)
-            self._dispatch(entry, render, ctx)
+            self._dispatch(entry, render, ctx, now)
         self._set_idle(render, False)
 
     def _set_idle(self, render: RenderSlot, idle: bool) -> None:
@@ -496,16 +498,16 @@ class Solver:
                 if entry.item is None:
                     return
 
-    def _dispatch(self, entry: BlockEntry, render: RenderSlot, ctx: Context) -> None:
+    def _dispatch(self, entry: BlockEntry, render: RenderSlot, ctx: Context, now: float) -> None:
         needs = entry.needs
         job = entry.job
         run_id = ctx.next_id()
         entry.sent += 1
         if entry.ready - (entry.sent - entry.handled) <= 0:
             self._unindex(entry)
-        self._occupy(run_id, render, entry, needs.capacity, needs.memory_mb, ctx.now)
+        self._occupy(run_id, render, entry, needs.capacity, needs.memory_mb, now)
         self.decisions += 1
-        ctx.send(job_address(job.job_id), Dispatch(run_id, job.job_id, needs.block, render.name))
+        ctx.send(job.address, Dispatch(run_id, job.job_id, needs.block, render.name))
 
     # ---------------------------------------------------------------------------------------- ledger
     def _occupy(

@@ -11,7 +11,6 @@ messages less per task than a real worker. It is pure like the core (time and ra
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from farmhand.core.messages import (
     Assign,
@@ -26,12 +25,12 @@ from farmhand.core.messages import (
     Tick,
     Welcome,
 )
-from farmhand.core.runtime import Context, render_address
+from farmhand.core.runtime import Context, Handler, MessageRouter, render_address
 
 DurationOf = Callable[[Assign], float]
 
 
-class VirtualWorker:
+class VirtualWorker(MessageRouter):
     """A worker that runs nothing: each run takes ``duration(assign) / speed`` seconds of (virtual) time."""
 
     def __init__(
@@ -58,18 +57,13 @@ class VirtualWorker:
         self.up = False
         self.completed = 0
         self._render = render_address(info.name)
-        self._handlers: dict[type[Message], Callable[[Any, Context], None]] = {
+        self._handlers: dict[type[Message], Handler] = {
             Assign: self._on_assign,
             Tick: self._on_tick,
             KillRun: self._on_kill,
             Welcome: self._on_welcome,
         }
 
-    def handle(self, message: Message, ctx: Context) -> None:
-        """React to one message (acks and unknown kinds are ignored)."""
-        handler = self._handlers.get(type(message))
-        if handler is not None:
-            handler(message, ctx)
 
     def _on_welcome(self, msg: Welcome, ctx: Context) -> None:
         self.heartbeat_s = msg.heartbeat_s

@@ -261,10 +261,10 @@ class World:
         self.rt.observers.append(self.observe)
         original = self.solver._dispatch
 
-        def checked_dispatch(entry: BlockEntry, render: RenderSlot, ctx: Any) -> None:
+        def checked_dispatch(entry: BlockEntry, render: RenderSlot, ctx: Any, now: float) -> None:
             self.check_decision(entry, render)
             self.decisions_checked += 1
-            original(entry, render, ctx)
+            original(entry, render, ctx, now)
 
         self.solver._dispatch = checked_dispatch  # type: ignore[method-assign]
 
