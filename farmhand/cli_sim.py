@@ -240,7 +240,8 @@ def _workload(args: argparse.Namespace) -> Any:
             raise _OptionError("--jobs: not with --workload (the file lists the jobs)")
         workload = load_workload_file(Path(args.workload))
         if workload.renders is not None and (args.renders is not None or args.render_capacity is not None):
-            raise _OptionError("--renders: the workload file lists its renders")
+            flag = "--renders" if args.renders is not None else "--render-capacity"
+            raise _OptionError(f"{flag}: not with a workload file that lists its renders")
         if workload.renders is None:
             workload.renders = default_renders(workload, args.renders or 500, args.render_capacity)
             _check_capacity(workload)
@@ -273,6 +274,15 @@ def _check_capacity(workload: Any) -> None:
         raise WorkloadError(["--render-capacity: must be >= 1"])
 
 
+def prepare_out(path: Path, option: str = "--out") -> None:
+    """Create the output folder before anything runs, so a bad ``--out`` is a usage error, not a crash at the end
+    of a long run (``_OptionError`` naming the option)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _OptionError(f"{option}: cannot create the folder {str(path)!r} ({exc.strerror or exc})") from None
+
+
 def _check_counts(args: argparse.Namespace) -> None:
     if args.renders is not None and args.renders < 1:
         raise _OptionError(f"--renders: must be >= 1 (got {args.renders})")
@@ -302,6 +312,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         network = network_model(args)
         faults = fault_model(args)
         workload = _workload(args)
+        prepare_out(Path(args.out))
     except SpecError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)

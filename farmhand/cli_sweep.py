@@ -86,6 +86,7 @@ class _Usage(Exception):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run ``farmhand sweep``; returns the exit code."""
+    from farmhand.cli_sim import prepare_out
     from farmhand.progress import ProgressLine
     from farmhand.sim.sweep import (
         OPTIONS,
@@ -111,9 +112,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise _Usage(problems)
         sweep = build_sweep(args.policy, args.seeds, {o.dest: getattr(args, o.dest) for o in OPTIONS},
                             _policy_options(args.policy_option))
+        prepare_out(Path(args.out))
     except (_Usage, SweepError) as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # a bad --out
+        print(str(exc), file=sys.stderr)
         return EXIT_USAGE
 
     varied = sweep.varied

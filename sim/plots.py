@@ -26,6 +26,8 @@ from .workload import RenderSpec
 
 GRID_POINTS = 2000
 MAX_USERS_SHOWN = 10
+#: the colour of users beyond the :data:`MAX_USERS_SHOWN` biggest
+OTHER = "0.65"
 DPI = 110
 
 __all__ = ["plot_all"]
@@ -86,6 +88,14 @@ def _top_users(runs: _Runs) -> list[str]:
     return sorted(used, key=lambda u: (-used[u], u))
 
 
+def _user_colours(users: Sequence[str]) -> dict[str, Any]:
+    """One colour per shown user, the same in every figure (by name order); others get :data:`OTHER`."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {u: cmap(i % cmap.N) for i, u in enumerate(sorted(users))}
+
+
 def plot_throughput(runs: _Runs, path: Path, title: str) -> Path:
     """Completed tasks over time and the completion rate."""
     scale, unit = _unit(runs.t1 - runs.t0)
@@ -135,22 +145,26 @@ def plot_user_share(runs: _Runs, farm_capacity: int, path: Path, title: str) -> 
     grid = runs.grid()
     users = _top_users(runs)
     shown = users[:MAX_USERS_SHOWN]
+    colour = _user_colours(shown)
     layers = [runs.in_use(grid, runs.user == u) / max(farm_capacity, 1) * 100.0 for u in shown]
     labels = list(shown)
+    colours = [colour[u] for u in shown]
     if len(users) > len(shown):
         rest = ~np.isin(runs.user, np.array(shown, dtype=object))
         layers.append(runs.in_use(grid, rest) / max(farm_capacity, 1) * 100.0)
         labels.append(f"other ({len(users) - len(shown)} users)")
+        colours.append(OTHER)
     fig = Figure(figsize=(9, 5))
     ax = fig.subplots()
     x = (grid - runs.t0) / scale
     if layers:
-        ax.stackplot(x, *layers, labels=labels, step="post", alpha=0.85)
+        ax.stackplot(x, *layers, labels=labels, colors=colours, step="post", alpha=0.85)
     ax.set_ylim(0, 105)
     ax.set_xlabel(f"simulated time since first submission ({unit})")
     ax.set_ylabel("running share of the farm (% of capacity)")
     ax.set_title(f"Running share per user, stacked ({title})")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    handles, legend_labels = ax.get_legend_handles_labels()  # top of the stack first, as drawn
+    ax.legend(handles[::-1], legend_labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -170,10 +184,12 @@ def plot_wait_cdf(runs: _Runs, path: Path, title: str) -> Path:
     fig = Figure(figsize=(9, 5))
     ax = fig.subplots()
     users = _top_users(runs)[:MAX_USERS_SHOWN]
+    colour = _user_colours(users)
     for user in sorted(users):
         values = np.sort(np.asarray(waits.get(user, []), dtype=float)) / scale
         if len(values):
-            ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=user)
+            ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=user,
+                    color=colour[user])
     ax.set_xlabel(f"task wait: first start - job submission ({unit})")
     ax.set_ylabel("fraction of the user's tasks (CDF)")
     ax.set_ylim(0, 1.02)
@@ -187,15 +203,13 @@ def plot_gantt(runs: _Runs, renders: Sequence[RenderSpec], count: int, path: Pat
     """Runs on a sample of renders (evenly spread over the farm), coloured by user."""
     scale, unit = _unit(runs.t1 - runs.t0)
     names = sorted(r.name for r in renders)
-    step = max(1, len(names) // count)
-    sample = names[::step][:count]
+    sample = _sample(names, count)
     by_render: dict[str, list[RunRecord]] = {n: [] for n in sample}
     for r in runs.records:
         if r.render in by_render:
             by_render[r.render].append(r)
-    users = sorted({r.user for rs in by_render.values() for r in rs})
-    cmap = _colours(len(users))
-    colour = {u: cmap[i] for i, u in enumerate(users)}
+    colour = _user_colours(_top_users(runs)[:MAX_USERS_SHOWN])
+    present = {r.user for rs in by_render.values() for r in rs}
     fig = Figure(figsize=(10, max(3.0, 0.35 * len(sample) + 1.5)))
     ax = fig.subplots()
     for row, name in enumerate(sample):
@@ -212,12 +226,17 @@ def plot_gantt(runs: _Runs, renders: Sequence[RenderSpec], count: int, path: Pat
             bars.append((lane, r))
         depth = max(1, len(lanes))
         height = 0.8 / depth
+        # one collection per lane, user and outcome (not one per run: thousands of artists take many seconds)
+        groups: dict[tuple[int, str, bool], list[tuple[float, float]]] = {}
         for lane, r in bars:
-            bad = r.state != "done"
+            groups.setdefault((lane, r.user, r.state != "done"), []).append(
+                ((r.starting_time - runs.t0) / scale, max((r.finish_time - r.starting_time) / scale, 1e-9))
+            )
+        for (lane, user, bad), spans in groups.items():
             ax.broken_barh(
-                [((r.starting_time - runs.t0) / scale, max((r.finish_time - r.starting_time) / scale, 1e-9))],
+                spans,
                 (row - 0.4 + lane * height, height * 0.9),
-                facecolors=colour[r.user],
+                facecolors=colour.get(user, OTHER),
                 edgecolors="red" if bad else "none",
                 hatch="///" if bad else None,
                 linewidth=0.8 if bad else 0,
@@ -228,18 +247,19 @@ def plot_gantt(runs: _Runs, renders: Sequence[RenderSpec], count: int, path: Pat
     ax.set_xlabel(f"simulated time since first submission ({unit})")
     ax.set_ylabel("render")
     ax.set_title(f"Runs on {len(sample)} of {len(names)} renders ({title})")
-    handles = [Patch(facecolor=colour[u], label=u) for u in users[:MAX_USERS_SHOWN]]
+    handles = [Patch(facecolor=colour[u], label=u) for u in sorted(present & colour.keys())]
+    if present - colour.keys():
+        handles.append(Patch(facecolor=OTHER, label="other users"))
     handles.append(Patch(facecolor="white", edgecolor="red", hatch="///", label="lost / failed run"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
-def _colours(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20" if n > 10 else "tab10"]
-    return [cmap(i % cmap.N) for i in range(max(n, 1))]
+def _sample(names: Sequence[str], count: int) -> list[str]:
+    """``count`` of ``names`` spread evenly over all of them (the first always in)."""
+    count = min(count, len(names))
+    return [names[i * len(names) // count] for i in range(count)]
 
 
 def plot_all(

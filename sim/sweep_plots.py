@@ -165,10 +165,8 @@ def _decorate(ax: Axes, metric: Metric) -> None:
     ax.set_title(metric.title)
     ax.set_ylabel(metric.axis_label)
     ax.grid(axis="y", alpha=0.3)
-    if metric.key == "jain_fairness":
-        ax.set_ylim(0, 1.05)
-    elif metric.key == "utilization":
-        ax.set_ylim(0, 105)
+    if metric.key in ("jain_fairness", "utilization"):  # the natural top, unless an error bar reaches past it
+        ax.set_ylim(0, max(1.05 if metric.key == "jain_fairness" else 105, ax.get_ylim()[1]))
     else:
         ax.set_ylim(bottom=0)
 

@@ -482,11 +482,14 @@ def _parse_users(raw: object, add: Any) -> dict[str, UserSpec]:
                 add(f"{place}.{key}", f"unknown key (known: {', '.join(_USER_KEYS)})")
         priority = item.get("priority", 99)
         weight = item.get("weight", 1.0)
+        ok = True
         if not _is_int(priority) or not 0 <= priority <= 255:
             add(f"{place}.priority", f"must be an integer 0-255 (got {priority!r})")
-        elif not _is_number(weight) or weight <= 0:
+            ok = False
+        if not _is_number(weight) or weight <= 0:
             add(f"{place}.weight", f"must be a number > 0 (got {weight!r})")
-        else:
+            ok = False
+        if ok:
             users[str(name)] = UserSpec(priority, float(weight))
     return users
 
@@ -636,7 +639,12 @@ def parse_swf(
             if run_time < 0:
                 skipped_unknown += 1
                 continue
-            capacity = int(allocated) if allocated > 0 else int(requested) if requested > 0 else SWF_DEFAULT_CAPACITY
+            field_number, processors = (5, allocated) if allocated > 0 else (8, requested)
+            if processors > 0 and not processors.is_integer():
+                problems.append(f"{where}:{number}: field {field_number} ({_SWF_NAMES[field_number]}): "
+                                f"must be a whole number of processors (got {fields[field_number - 1]})")
+                continue
+            capacity = int(processors) if processors > 0 else SWF_DEFAULT_CAPACITY
             rows.append((int(values[0]), submit, run_time, capacity, int(values[11])))
     if problems:
         raise WorkloadError(problems)

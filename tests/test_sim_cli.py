@@ -126,6 +126,24 @@ def test_bad_files_exit_2_naming_file_line_field(tmp_path: Path, capsys: pytest.
     assert "cannot read" in capsys.readouterr().err
 
 
+def test_an_output_folder_that_cannot_be_made_is_a_usage_error_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    assert main([*SMALL, "--out", str(tmp_path / "file" / "out")]) == 2
+    assert f"--out: cannot create the folder '{tmp_path / 'file' / 'out'}'" in capsys.readouterr().err
+
+
+def test_render_options_with_a_workload_that_lists_renders_name_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wl = tmp_path / "wl.yaml"
+    wl.write_text("renders: [{name: a}]\njobs:\n  - {job: {name: j, blocks: [{name: r, command: x, "
+                  "frames: {first: 1, last: 1}}]}, durations: {r: 1}}\n")
+    assert main(["--workload", str(wl), "--render-capacity", "2", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "--render-capacity: not with a workload file that lists its renders" in capsys.readouterr().err
+
+
 def test_tasks_in_error_exit_1(tmp_path: Path) -> None:
     assert main([*SMALL, "--failure-prob", "0.7", "--out", str(tmp_path)]) == 1
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -212,6 +212,14 @@ def test_workload_file_errors_name_file_and_field(tmp_path: Path, data: object, 
     assert any(line.startswith(f"{path}: ") and expected in line for line in err.value.problems), err.value.problems
 
 
+def test_a_users_bad_priority_and_bad_weight_are_both_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, {"users": {"ann": {"priority": 300, "weight": -1}},
+                            "jobs": [{"job": _job(), "durations": {"r": 1}}]})
+    with pytest.raises(WorkloadError) as err:
+        load_workload_file(path)
+    assert [line.split(": ", 2)[1] for line in err.value.problems] == ["users.ann.priority", "users.ann.weight"]
+
+
 def test_workload_file_syntax_error_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text('{"jobs": [\n  {"job": 1,}\n]}')
@@ -270,6 +278,7 @@ def test_swf_cancelled_rows_can_be_kept() -> None:
 
 def test_swf_malformed_lines_are_reported_with_their_numbers(tmp_path: Path) -> None:
     text = SWF + "7 60 0 10 1\n8 70 0 ten 1 -1 -1 1 1 -1 1 1 1 1 1 1 -1 -1\n9 -5 0 1 1 -1 -1 1 1 -1 1 1 1 1 1 1 -1 -1\n"
+    text += "10 80 0 1 0.5 -1 -1 1 1 -1 1 1 1 1 1 1 -1 -1\n11 90 0 1 -1 -1 -1 2.5 1 -1 1 1 1 1 1 1 -1 -1\n"
     path = tmp_path / "bad.swf"
     path.write_text(text)
     with pytest.raises(WorkloadError) as err:
@@ -278,6 +287,9 @@ def test_swf_malformed_lines_are_reported_with_their_numbers(tmp_path: Path) -> 
         f"{path}:14: expected 18 fields, got 5",
         f"{path}:15: field 4 (run time): not a number (got 'ten')",
         f"{path}:16: field 2 (submit time): must be >= 0 (got -5)",
+        # a fraction of a processor would become a task of capacity 0 (or a silently rounded one)
+        f"{path}:17: field 5 (allocated processors): must be a whole number of processors (got 0.5)",
+        f"{path}:18: field 8 (requested processors): must be a whole number of processors (got 2.5)",
     ]
 
 

@@ -286,6 +286,14 @@ def test_bad_input_exits_2_naming_the_option_and_value(
     assert not (tmp_path / "sweep.csv").exists()
 
 
+def test_an_output_folder_that_cannot_be_made_is_a_usage_error_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["--policy", "fifo", "--seeds", "1", *TINY, "--quiet", "--out", str(tmp_path / "file" / "o")]) == 2
+    assert "--out: cannot create the folder" in capsys.readouterr().err
+
+
 def test_metrics_have_titles_and_units() -> None:
     assert [m.key for m in METRICS] == [
         "throughput_tasks_per_hour", "utilization", "wait_mean_s", "wait_p95_s", "job_turnaround_mean_s",
@@ -298,7 +306,7 @@ def test_metrics_have_titles_and_units() -> None:
 
 
 def test_the_same_sweep_on_a_local_dask_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from distributed import LocalCluster
+    LocalCluster = pytest.importorskip("distributed", reason="the optional dask extra").LocalCluster
 
     argv = ["--policy", "fifo,priority", "--seeds", "1-3", *TINY, "--quiet", "--no-plot"]
     assert main([*argv, "--jobs-parallel", "2", "--out", str(tmp_path / "local")]) == 0
@@ -321,7 +329,24 @@ def test_the_same_sweep_on_a_local_dask_cluster(tmp_path: Path, capsys: pytest.C
 
 
 def test_an_unreachable_scheduler_is_a_usage_error() -> None:
+    pytest.importorskip("distributed", reason="the optional dask extra")
     runs = build_sweep("fifo", "1", {"jobs": "2", "tasks": "2", "renders": "2"}).runs
     with pytest.raises(SweepError) as info:
         run_sweep(runs, executor="dask", scheduler="tcp://127.0.0.1:9", connect_timeout_s=1.0)
     assert info.value.problems[0].startswith("--scheduler: cannot reach the dask scheduler at 'tcp://127.0.0.1:9'")
+
+
+def test_a_confidence_interval_past_100_percent_utilization_is_not_cut_off() -> None:
+    from matplotlib.figure import Figure
+
+    from farmhand.sim.sweep_plots import _decorate
+
+    utilization = next(m for m in METRICS if m.key == "utilization")
+    ax = Figure().subplots()
+    ax.bar([0], [90.0], yerr=[20.0])
+    _decorate(ax, utilization)
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 110
+    ax = Figure().subplots()
+    ax.bar([0], [50.0], yerr=[5.0])
+    _decorate(ax, utilization)
+    assert ax.get_ylim() == (0, 105)  # the natural top when nothing reaches past it
