@@ -7,8 +7,9 @@ Definitions (seconds throughout):
 - ``queue_mean_s`` averages ``queue_time`` (start - ready) over all runs;
 - ``utilization`` is capacity-seconds used by runs over capacity-seconds offered by the farm during the
   makespan (first submission to last finish);
-- ``bounded_slowdown_mean`` averages, over done runs, ``max(1, (finish - ready) / max(execution, tau))``
-  with tau = 10 s: the time a task spent in the farm once it could run, relative to its run time;
+- ``bounded_slowdown_mean`` averages, over done runs, ``max(1, (finish - submission) / max(execution, tau))``
+  with tau = 10 s (Feitelson's bounded slowdown, as Batsim: turnaround over run time, short runs counted as
+  tau);
 - ``jain_fairness`` is Jain's index over the users' shares of used capacity-seconds (1 = equal shares);
 - ``per_user.share`` is that user's fraction of used capacity-seconds.
 """
@@ -114,7 +115,7 @@ def summarize(
         if r.state == "done":
             done_tasks.add(key)
             user_done[r.user] = user_done.get(r.user, 0) + 1
-            slowdowns.append(max(1.0, (r.finish_time - r.ready_time) / max(execution, SLOWDOWN_TAU_S)))
+            slowdowns.append(max(1.0, (r.finish_time - r.submission_time) / max(execution, SLOWDOWN_TAU_S)))
         submit, finish = job_span.get(r.job_id, (r.submission_time, r.finish_time))
         job_span[r.job_id] = (min(submit, r.submission_time), max(finish, r.finish_time))
     waits = sorted(r.starting_time - r.submission_time for r in first_runs.values())
