@@ -119,7 +119,9 @@ def run_demo(workers: int = 4, folder: Path | None = None, frames: int = 12, tim
     out = root / "frames"
     out.mkdir(exist_ok=True)
     log_file = (root / "server.log").open("a", encoding="utf-8")
-    handler = setup_logging("info", stream=log_file)
+    farm_logger = logging.getLogger("farmhand")
+    saved_logging = (list(farm_logger.handlers), farm_logger.level, farm_logger.propagate)
+    setup_logging("info", stream=log_file)
     config = ServerConfig(db=root / "farm.db", port=0, http_port=0, heartbeat_s=1.0, zombie_s=10.0, reclaim_s=10.0)
     procs: list[subprocess.Popen[bytes]] = []
     server = FarmServer(config)
@@ -163,7 +165,7 @@ def run_demo(workers: int = 4, folder: Path | None = None, frames: int = 12, tim
     finally:
         _stop_workers(procs)
         server.stop()
-        logging.getLogger("farmhand").removeHandler(handler)
+        farm_logger.handlers[:], farm_logger.level, farm_logger.propagate = saved_logging  # as the caller had it
         log_file.close()
         if temporary:
             shutil.rmtree(root, ignore_errors=True)

@@ -289,24 +289,18 @@ class ClientApi:
         if isinstance(block, int) and all(isinstance(t, int) for t in tasks):
             return block, tuple(tasks)
         detail = self._query(job_id, -1, -1, 0)
-        names = {b.name: b.index for b in detail.blocks}
-        if isinstance(block, str):  # a name, or an index when no block has that name
-            if block in names:
-                block = names[block]
-            elif block.isdigit() and int(block) < len(detail.blocks):
-                block = int(block)
-            else:
+        if isinstance(block, str):
+            found = _block_index(detail, block)
+            if found is None:
                 raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"block: no block {block!r} in job {job_id}"])
+            block = found
         chosen = []
-        by_name = {t.name: t.task for t in detail.tasks if t.block == block}
         for t in tasks:
             if isinstance(t, str):
-                if t in by_name:
-                    t = by_name[t]
-                elif t.isdigit() and int(t) < len(by_name):
-                    t = int(t)
-                else:
+                found = _task_index(detail, block, t)
+                if found is None:
                     raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"tasks: no task {t!r} in block {block}"])
+                t = found
             chosen.append(t)
         return block, tuple(chosen)
 
@@ -341,22 +335,36 @@ class ClientApi:
             raise ApiError(HTTPStatus.FORBIDDEN, f"user {actor.user!r} is not an admin")
 
 
-def _resolve_task(detail: JobDetail, block: str, task: str) -> tuple[int, int]:
-    """Block and task indices from names (or, when no name matches, indices)."""
-    names = {b.name: b.index for b in detail.blocks}
-    if block in names:
-        b_index = names[block]
-    elif block.isdigit() and int(block) < len(detail.blocks):
-        b_index = int(block)
-    else:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"no block {block!r} in job {detail.job_id}")
-    tasks = [t for t in detail.tasks if t.block == b_index]
+def _block_index(detail: JobDetail, block: str) -> int | None:
+    """The index of the block named ``block`` (or, when no name matches, of that index), or None."""
+    for b in detail.blocks:
+        if b.name == block:
+            return b.index
+    if block.isdigit() and int(block) < len(detail.blocks):
+        return int(block)
+    return None
+
+
+def _task_index(detail: JobDetail, block: int, task: str) -> int | None:
+    """The index of the task named ``task`` in block ``block`` (or, when no name matches, of that index), or None."""
+    tasks = [t for t in detail.tasks if t.block == block]
     for t in tasks:
         if t.name == task:
-            return b_index, t.task
+            return t.task
     if task.isdigit() and int(task) < len(tasks):
-        return b_index, int(task)
-    raise ApiError(HTTPStatus.BAD_REQUEST, f"no task {task!r} in block {block!r} of job {detail.job_id}")
+        return int(task)
+    return None
+
+
+def _resolve_task(detail: JobDetail, block: str, task: str) -> tuple[int, int]:
+    """Block and task indices from names (or, when no name matches, indices)."""
+    b_index = _block_index(detail, block)
+    if b_index is None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"no block {block!r} in job {detail.job_id}")
+    t_index = _task_index(detail, b_index, task)
+    if t_index is None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"no task {task!r} in block {block!r} of job {detail.job_id}")
+    return b_index, t_index
 
 
 class _Handler(BaseHTTPRequestHandler):

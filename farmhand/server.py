@@ -88,6 +88,7 @@ def write_secret(path: Path, text: str) -> None:
     """Write a secret to a file only its owner can read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies only to a new file: an existing one may be readable by others
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text + "\n")
 

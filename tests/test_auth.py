@@ -120,3 +120,13 @@ def test_tokens_are_never_logged_and_token_files_are_private(farm: Farm, tmp_pat
     for name in ("admin.token", "farm.token"):
         mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
         assert mode == 0o600, (name, oct(mode))
+
+
+def test_a_secret_written_over_a_readable_file_makes_it_private(tmp_path: Path) -> None:
+    from farmhand.server import write_secret
+
+    path = tmp_path / "farm.token"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    write_secret(path, "new")
+    assert path.read_text() == "new\n" and stat.S_IMODE(path.stat().st_mode) == 0o600

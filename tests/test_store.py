@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import msgspec
@@ -249,8 +248,7 @@ def test_a_job_refused_on_restore_is_marked(store: Store) -> None:
         # a job already holds id a in this registry: the stored one is refused and marked
         from farmhand.core.messages import SubmitJob
 
-        rt.send(REGISTRY, SubmitJob(rt.next_id(), spec(), "x", "", job_id=a))
-        time.sleep(0.2)
+        rt.send(REGISTRY, SubmitJob(rt.next_id(), spec(), "x", "", job_id=a))  # the registry reads it first
         assert restore_jobs(store, rt, 30.0, timeout=10) == (1, 1)
     finally:
         rt.stop()

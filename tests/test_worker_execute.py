@@ -131,6 +131,18 @@ def test_progress_is_parsed_from_output_including_carriage_returns() -> None:
     assert task_run.take_progress() is None  # nothing new
 
 
+def test_lines_given_back_come_first_and_the_oldest_are_dropped() -> None:
+    task_run = TaskRun(assign("true"), ExecOptions(output_lines=3))
+    for line in ("a", "b", "c"):
+        task_run._line(line.encode())
+    taken = task_run.take_progress()
+    assert taken is not None and taken[1] == ("a", "b", "c")
+    for line in ("d", "e"):
+        task_run._line(line.encode())
+    task_run.give_back(taken[1])  # the report could not be sent
+    assert task_run.dirty and task_run.take_tail() == ("c", "d", "e")
+
+
 def test_block_progress_regex() -> None:
     _, task_run = execute(assign("echo 'ALF 12'; echo '99%'", progress=r"ALF (\d+)"))
     assert task_run.percent == 12

@@ -147,6 +147,15 @@ def scenario(body: Scenario, timeout: float = 30.0, **kw: Any) -> Worker:
     return asyncio.run(main())
 
 
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` (yielding to the loop) until true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def assign(run_id: int, command: str | tuple[str, ...], **kw: Any) -> Assign:
     return Assign(run_id, run_id, 1, 0, run_id % 100, 1, "w1", command, **kw)
 
@@ -187,8 +196,7 @@ def test_runs_an_assignment_and_reports_start_progress_and_finish() -> None:
         assert lines == ["25%", "75%", "bye"]  # every line exactly once, across progress and finish
         assert (msg.state, msg.exit_code, msg.run_id, msg.render) == ("done", 0, 7, "w1")
         peer.send(FinishAck(peer.next_id(), msg.id, 7))
-        await asyncio.sleep(0.1)
-        assert worker.unacked == {}
+        await until(lambda: worker.unacked == {}, "the ack to be read")
 
     scenario(body)
 
@@ -249,6 +257,26 @@ def test_rejoin_makes_the_worker_say_hello_again_with_its_runs() -> None:
     scenario(body)
 
 
+def test_a_rejoin_answering_a_heartbeat_older_than_the_last_hello_is_ignored() -> None:
+    # the render may answer several heartbeats with Rejoin before it reads the Hello the first one caused; a
+    # second Hello would make it declare lost what it assigned in between, while the worker runs it
+    async def body(server: FakeServer, worker: Worker) -> None:
+        peer = await server.next_peer()
+        await peer.accept(heartbeat_s=0.05)
+        old = await peer.expect(Heartbeat)
+        peer.send(Rejoin(peer.next_id(), old.id, "render was declared lost"))
+        hello = await peer.expect(Hello)
+        peer.send(Rejoin(peer.next_id(), old.id, "render was declared lost"))  # stale: answers ``old`` again
+        peer.send(Welcome(peer.next_id(), hello.id, 0.05, 60.0))
+        for _ in range(5):
+            await peer.expect(Heartbeat)  # fails on a second Hello
+        beat = await peer.expect(Heartbeat)
+        peer.send(Rejoin(peer.next_id(), beat.id, "render was declared lost"))  # a fresh one is obeyed
+        await peer.expect(Hello)
+
+    scenario(body)
+
+
 def test_duplicate_assignment_is_ignored() -> None:
     async def body(server: FakeServer, worker: Worker) -> None:
         peer = await server.next_peer()
@@ -259,6 +287,24 @@ def test_duplicate_assignment_is_ignored() -> None:
         await peer.expect(TaskFinished)
         with pytest.raises(TimeoutError):
             await peer.expect(TaskStarted, timeout=0.4)
+
+    scenario(body)
+
+
+def test_an_assignment_before_the_welcome_is_not_run() -> None:
+    # an Assign that reaches a reconnecting worker before the Welcome was sent before the render read the
+    # Hello (which does not list it): the render declares that run lost, so running it would run it twice
+    async def body(server: FakeServer, worker: Worker) -> None:
+        peer = await server.next_peer()
+        hs = await peer.expect(Handshake)
+        peer.send(HandshakeAccepted(peer.next_id(), hs.id, PROTOCOL_VERSION, "fake"))
+        hello = await peer.expect(Hello)
+        peer.send(assign(9, "echo ran"))
+        peer.send(Welcome(peer.next_id(), hello.id, 0.05, 60.0))
+        beats = [await peer.expect(Heartbeat) for _ in range(3)]
+        assert all(b.running == () for b in beats) and worker.runs == {} and worker.unacked == {}
+        peer.send(assign(10, "true"))  # after the Welcome: run
+        assert (await peer.expect(TaskFinished, skip=(TaskStarted,))).run_id == 10
 
     scenario(body)
 
@@ -284,7 +330,7 @@ def test_reconnect_reclaims_running_runs_and_resends_unacked_finishes() -> None:
         again = await peer.expect(TaskFinished)
         assert again == first  # the very same report, sent again
         peer.send(FinishAck(peer.next_id(), again.id, 8))
-        await asyncio.sleep(0.1)
+        await until(lambda: worker.unacked == {}, "the ack to be read")
         peer.close()
 
         peer = await server.next_peer()

@@ -401,8 +401,12 @@ class Gateway:
             return
         try:
             loop.call_soon_threadsafe(self._flush)
-        except RuntimeError:  # the loop is closed: the server is stopping
-            self.stats["undeliverable"] += 1
+        except RuntimeError:  # the loop is closed (the server is stopping): nothing will flush, drop it all
+            with self._out_lock:
+                dropped = len(self._outbox)
+                self._outbox.clear()
+                self._flush_scheduled = False
+            self.stats["undeliverable"] += dropped
 
     def _flush(self) -> None:
         with self._out_lock:

@@ -146,6 +146,12 @@ class TaskRun:
         self.fresh.clear()
         return self.percent, lines
 
+    def give_back(self, lines: tuple[str, ...]) -> None:
+        """Keep taken lines that could not be sent, before the newer ones (the oldest dropped beyond the cap)."""
+        if lines:
+            self.fresh = deque((*lines, *self.fresh), maxlen=self.fresh.maxlen)
+            self.dirty = True
+
     def take_tail(self) -> tuple[str, ...]:
         """The lines not reported yet (for the finish report)."""
         lines = tuple(self.fresh)

@@ -155,6 +155,7 @@ class Worker:
         self.sessions = 0
         self.completed = 0
         self._ids = itertools.count(1)
+        self._hello_id = 0  # the id of the last Hello sent
         self._conn: Connection | None = None
         self._stopping = False
         self._stop_requests = 0
@@ -254,7 +255,7 @@ class Worker:
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
             running = self._running_runs()
-            conn.send(Hello(self._next_id(), self.info, running))
+            conn.send(self._hello(running))
             log.info("connected", extra=fields(render=self.name, server=conn.peer, running=len(running)))
             welcome_deadline = asyncio.get_running_loop().call_later(self.options.connect_timeout, conn.close)
             heartbeat = asyncio.ensure_future(self._heartbeat_loop(conn, welcome_deadline))
@@ -300,10 +301,19 @@ class Worker:
             self._send(self.unacked[run_id])
         log.info("welcomed", extra=fields(render=self.name, heartbeat_s=self.heartbeat_s, resent=len(self.unacked)))
 
+    def _hello(self, running: tuple[RunningRun, ...]) -> Hello:
+        self._hello_id = self._next_id()
+        return Hello(self._hello_id, self.info, running)
+
     def _on_rejoin(self, msg: Rejoin, conn: Connection) -> None:
+        if msg.reply_to < self._hello_id:
+            # it answers a heartbeat sent before our last Hello, which already rejoins: a second Hello would
+            # make the render declare lost whatever it assigned between the two
+            log.debug("stale rejoin ignored", extra=fields(render=self.name, reply_to=msg.reply_to))
+            return
         running = self._running_runs()
         log.warning("server asks to rejoin", extra=fields(render=self.name, reason=msg.reason, running=len(running)))
-        conn.send(Hello(self._next_id(), self.info, running))
+        conn.send(self._hello(running))
 
     async def _heartbeat_loop(self, conn: Connection, welcome_deadline: asyncio.TimerHandle) -> None:
         await self._welcomed.wait()
@@ -344,6 +354,12 @@ class Worker:
             return
         if msg.run_id in self.runs or msg.run_id in self.unacked:
             log.warning("duplicate assignment ignored", extra=fields(run=msg.run_id, job=msg.job_id))
+            return
+        if not self._welcomed.is_set():
+            # sent before the render read this session's Hello, which does not list it: the render declares
+            # the run lost when it reads the Hello and the job runs it again elsewhere, so running it here
+            # would run the task twice
+            log.warning("assignment before Welcome ignored", extra=fields(run=msg.run_id, job=msg.job_id))
             return
         run = TaskRun(msg, self.options.execution)
         self.runs[msg.run_id] = run
@@ -410,8 +426,7 @@ class Worker:
                 if not self._send(
                     TaskProgress(self._next_id(), a.run_id, a.job_id, a.block, a.task, a.attempt, percent, lines)
                 ):
-                    run.fresh.extendleft(reversed(lines))  # not sent: keep them for later
-                    run.dirty = True
+                    run.give_back(lines)  # not sent: keep them for later
 
     # ------------------------------------------------------------------------------------------ stopping
     async def _shutdown(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -148,3 +149,13 @@ def test_a_token_or_verifier_is_required() -> None:
     gw = Gateway(object(), lambda _n: None, token="s3cret")  # type: ignore[arg-type]
     assert gw.check_token("s3cret") and not gw.check_token("s3cre") and not gw.check_token("")
     assert Gateway(object(), lambda _n: None, allow_anonymous=True).check_token("")  # type: ignore[arg-type]
+
+
+def test_messages_for_workers_after_the_loop_closed_are_dropped_not_kept() -> None:
+    gw = Gateway(object(), lambda _n: None, token="t")  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    loop.close()
+    gw._loop = loop  # a server that stopped while the actors still send
+    for i in range(3):
+        gw.deliver("worker/w", Heartbeat(i, "w"))
+    assert len(gw._outbox) == 0 and gw.stats["undeliverable"] == 3
