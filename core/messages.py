@@ -86,6 +86,8 @@ class SubmitJob(Message, frozen=True):
     task_events: bool = False  # the job tells the event sink each lasting task change (TaskChanged)
     restore: tuple[TaskSnapshot, ...] = ()  # task states to bring back before the job starts
     reclaim_s: float = 60.0  # restored running tasks wait this long for their worker
+    #: who submits (None: trusted, e.g. a restore or a local run); only an admin may submit for another user
+    by: Actor | None = None
 
 
 class JobAccepted(Message, frozen=True):
@@ -96,10 +98,14 @@ class JobAccepted(Message, frozen=True):
 
 
 class JobRefused(Message, frozen=True):
-    """The job is refused, one line per problem; nothing of it was kept."""
+    """The job is refused, one line per problem; nothing of it was kept.
+
+    ``forbidden`` says the submitter may not submit it at all (another user's job), not that it is invalid.
+    """
 
     reply_to: int
     problems: tuple[str, ...]
+    forbidden: bool = False
 
 
 class StartJob(Message, frozen=True):

@@ -63,6 +63,12 @@ class Registry(MessageRouter):
 
     def _on_submit(self, msg: SubmitJob, ctx: Context) -> None:
         spec = msg.spec
+        by = msg.by
+        if by is not None and by.user != msg.user and not by.admin:
+            if msg.reply_address:
+                reason = f"user {by.user!r} may not submit job {spec.name!r} as user {msg.user!r} (admins only)"
+                ctx.send(msg.reply_address, JobRefused(ctx.next_id(), msg.id, (reason,), forbidden=True))
+            return
         problems: list[str] = []
         waits: set[int] = set()
         for i, upstream in enumerate(spec.depends_on_jobs):

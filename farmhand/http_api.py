@@ -195,13 +195,8 @@ class ClientApi:
 
     # ---------------------------------------------------------------------------------------- jobs
     def submit(self, actor: Actor, specs: list[JobSpec]) -> list[int]:
-        """Accept each job (committed to the store first); 403 for a foreign owner, 400 if refused."""
-        for spec in specs:
-            if spec.user is not None and spec.user != actor.user and not actor.admin:
-                raise ApiError(
-                    HTTPStatus.FORBIDDEN,
-                    f"user {actor.user!r} may not submit job {spec.name!r} as user {spec.user!r} (admins only)",
-                )
+        """Accept each job (committed to the store first); the registry decides: 403 when the caller may not
+        submit it (another user's job), 400 when it is refused."""
         accepted: list[int] = []
         for spec in specs:
             owner = spec.user or actor.user
@@ -212,7 +207,9 @@ class ClientApi:
             def make(
                 mid: int, spec: JobSpec = spec, owner: str = owner, job_id: int = job_id, now: float = now
             ) -> SubmitJob:
-                return SubmitJob(mid, spec, owner, REPLY_ADDRESS, job_id=job_id, submit_time=now, task_events=True)
+                return SubmitJob(
+                    mid, spec, owner, REPLY_ADDRESS, job_id=job_id, submit_time=now, task_events=True, by=actor
+                )
 
             try:
                 reply = self.ask(make)
@@ -221,6 +218,8 @@ class ClientApi:
                 raise ApiError(exc.status, exc.error, accepted=accepted, pending=job_id) from None
             if isinstance(reply, JobRefused):
                 self.store.forget_job(job_id)
+                if reply.forbidden:
+                    raise ApiError(HTTPStatus.FORBIDDEN, reply.problems[0], accepted=accepted)
                 raise ApiError(HTTPStatus.BAD_REQUEST, "job refused", list(reply.problems), accepted=accepted)
             assert isinstance(reply, JobAccepted)
             accepted.append(job_id)

@@ -224,3 +224,33 @@ def test_a_delete_refused_for_rights_does_not_block_later_actions() -> None:
     job_id = desk.accepted("a", "ann")
     assert isinstance(desk.act(job_id, "delete", by=Actor("bob")), ActionRefused)
     assert isinstance(desk.act(job_id, "pause"), ActionDone)
+
+
+def test_only_an_admin_may_submit_a_job_for_another_user() -> None:
+    from farmhand.core.manual_runtime import ManualRuntime
+    from farmhand.core.messages import Actor, JobAccepted, JobRefused, SubmitJob
+    from farmhand.core.registry import Registry
+    from farmhand.core.runtime import REGISTRY
+    from farmhand.core.spec import parse_job
+
+    rt = ManualRuntime()
+    rt.spawn(REGISTRY, Registry())
+    replies: list[Message] = []
+    rt.sink("client", lambda _to, m: replies.append(m))
+    rt.sink("job/", lambda _to, _m: None)
+    spec = parse_job({"name": "theirs", "blocks": [{"name": "b", "command": "x", "tasks": [{"name": "t"}]}]})
+    rt.spawn("solver", _Null())
+    rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "bob", "client", by=Actor("ann")))
+    rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann", "client", by=Actor("ann")))
+    rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "bob", "client", by=Actor("root", admin=True)))
+    rt.run()
+    refused, mine, admins = replies
+    assert isinstance(refused, JobRefused) and refused.forbidden
+    assert refused.problems == ("user 'ann' may not submit job 'theirs' as user 'bob' (admins only)",)
+    assert isinstance(mine, JobAccepted) and isinstance(admins, JobAccepted)
+    assert (mine.job_id, admins.job_id) == (1, 2)  # the refused job left no trace, not even an id
+
+
+class _Null:
+    def handle(self, message: object, ctx: object) -> None:
+        return None
