@@ -606,15 +606,15 @@ class JobBehaviour(MessageRouter):
 
     # ---------------------------------------------------------------------------------------- actions
     def _on_action(self, msg: JobAction, ctx: Context) -> None:
-        def refuse(reason: str) -> None:
+        def refuse(reason: str, kind: str = "invalid") -> None:
             if msg.reply_address:
-                ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, self.job_id, reason))
+                ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, self.job_id, reason, kind))
 
         if self.deleted:
-            refuse(f"job {self.job_id} is deleted")
+            refuse(f"job {self.job_id} is deleted", "gone")
             return
         if not (msg.by.admin or msg.by.user == self.user):
-            refuse(f"user {msg.by.user!r} may not {msg.action} job {self.job_id} of user {self.user!r}")
+            refuse(f"user {msg.by.user!r} may not {msg.action} job {self.job_id} of user {self.user!r}", "forbidden")
             return
         if msg.action not in ACTIONS:
             refuse(f"unknown action {msg.action!r} (known: {', '.join(ACTIONS)})")

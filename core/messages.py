@@ -165,11 +165,16 @@ class ActionDone(Message, frozen=True):
 
 
 class ActionRefused(Message, frozen=True):
-    """A user action was refused; ``reason`` says why."""
+    """A user action was refused; ``reason`` says why, ``kind`` classifies it for clients.
+
+    ``kind``: ``no_job`` (no such job), ``gone`` (deleted or being deleted), ``forbidden`` (not the owner
+    and not an admin), ``invalid`` (a bad action or selection).
+    """
 
     reply_to: int
     job_id: int
     reason: str
+    kind: str = "invalid"
 
 
 class SetUser(Message, frozen=True):

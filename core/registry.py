@@ -125,8 +125,9 @@ class Registry(MessageRouter):
         if entry is None or entry.deleting:
             # a job stops itself when deleted: what is sent to it after the delete would never be answered
             reason = f"no job {msg.job_id}" if entry is None else f"job {msg.job_id} is being deleted"
+            kind = "no_job" if entry is None else "gone"
             if msg.reply_address:
-                ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, msg.job_id, reason))
+                ctx.send(msg.reply_address, ActionRefused(ctx.next_id(), msg.id, msg.job_id, reason, kind))
             return
         if isinstance(msg, JobAction) and msg.action == "delete" and (msg.by.admin or msg.by.user == entry.user):
             entry.deleting = True

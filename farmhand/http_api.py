@@ -80,6 +80,10 @@ class Bus(Protocol):
     def next_id(self) -> int: ...
 
 
+#: the HTTP status of each kind of refusal the core gives (others are 400 with the reason as the problem)
+_REFUSAL_STATUS = {"no_job": HTTPStatus.NOT_FOUND, "gone": HTTPStatus.CONFLICT, "forbidden": HTTPStatus.FORBIDDEN}
+
+
 class ApiError(Exception):
     """An answer other than 200: a status, a message and the problems (one line each)."""
 
@@ -249,8 +253,7 @@ class ClientApi:
         unknown = sorted(set(body) - {"block", "tasks", "downstream", "errors_only", "value"})
         if unknown:
             raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"{k}: unknown field" for k in unknown])
-        owner = self.store.job_owner(job_id)
-        if owner is None:
+        if self.store.job_owner(job_id) is None:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no job {job_id}")
         block, tasks = self._selection(job_id, body)
         value = body.get("value", 0)
@@ -268,12 +271,9 @@ class ClientApi:
             log.info("job action", extra=fields(job=job_id, user=actor.user, action=action, detail=reply.detail))
             return reply.detail
         assert isinstance(reply, ActionRefused)
-        if reply.reason.startswith("no job"):
-            raise ApiError(HTTPStatus.NOT_FOUND, reply.reason)
-        if not actor.admin and actor.user != owner:
-            raise ApiError(HTTPStatus.FORBIDDEN, reply.reason)
-        if reply.reason.endswith("is deleted"):
-            raise ApiError(HTTPStatus.CONFLICT, reply.reason)
+        status = _REFUSAL_STATUS.get(reply.kind)
+        if status is not None:
+            raise ApiError(status, reply.reason)
         raise ApiError(HTTPStatus.BAD_REQUEST, reply.reason, [reply.reason])
 
     def _selection(self, job_id: int, body: dict[str, Any]) -> tuple[int, tuple[int, ...]]:
