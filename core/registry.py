@@ -24,12 +24,15 @@ from .messages import (
     JobQuery,
     JobRefused,
     JobStateChanged,
+    KillRun,
     Message,
+    ReclaimRun,
     RestoreTasks,
+    RunEnded,
     StartJob,
     SubmitJob,
 )
-from .runtime import Context, Handler, MessageRouter, job_address
+from .runtime import SOLVER, Context, Handler, MessageRouter, job_address, render_address
 
 
 class JobEntry:
@@ -56,6 +59,7 @@ class Registry(MessageRouter):
         self._handlers: dict[type[Message], Handler] = {
             SubmitJob: self._on_submit,
             JobStateChanged: self._on_state,
+            ReclaimRun: self._on_reclaim,
             JobAction: self._on_action,
             JobQuery: self._on_action,
         }
@@ -119,6 +123,16 @@ class Registry(MessageRouter):
                 del self.jobs[msg.job_id]
         else:
             entry.done = False
+
+    def _on_reclaim(self, msg: ReclaimRun, ctx: Context) -> None:
+        """A reconnecting worker still runs this: its job decides, or, if the job is gone, it is stopped."""
+        run = msg.run
+        entry = self.jobs.get(run.job_id)
+        if entry is not None and not entry.deleting:
+            ctx.send(job_address(run.job_id), msg)
+            return
+        ctx.send(render_address(msg.render), KillRun(ctx.next_id(), run.run_id, run.job_id, msg.render, "job gone"))
+        ctx.send(SOLVER, RunEnded(ctx.next_id(), run.run_id, run.job_id))  # the render counted it: give it back
 
     def _on_action(self, msg: JobAction | JobQuery, ctx: Context) -> None:
         entry = self.jobs.get(msg.job_id)

@@ -32,7 +32,7 @@ from .messages import (
     Tick,
     Welcome,
 )
-from .runtime import SOLVER, Context, Handler, MessageRouter, job_address, worker_address
+from .runtime import REGISTRY, SOLVER, Context, Handler, MessageRouter, job_address, worker_address
 
 ONLINE, PAUSED, OFFLINE = "online", "paused", "offline"
 
@@ -87,7 +87,9 @@ class RenderBehaviour(MessageRouter):
         for run in msg.running:
             if run.run_id not in self.runs:
                 self.runs[run.run_id] = run
-                ctx.send(job_address(run.job_id), ReclaimRun(ctx.next_id(), run, self.name))
+                # through the registry: it knows whether the job still exists, and its own link to the job
+                # comes after the job's restore
+                ctx.send(REGISTRY, ReclaimRun(ctx.next_id(), run, self.name))
         ctx.send(self._worker, Welcome(ctx.next_id(), msg.id, self.heartbeat_s, self.zombie_s))
         self._arm(ctx)
 

@@ -32,7 +32,6 @@ from .messages import (
     JobClosed,
     JobOpened,
     JobUpdated,
-    KillRun,
     Message,
     RenderInfo,
     RenderOffline,
@@ -43,7 +42,7 @@ from .messages import (
     SetUser,
 )
 from .policies import Policy, UserState
-from .runtime import Context, Handler, MessageRouter, job_address, render_address
+from .runtime import Context, Handler, MessageRouter, job_address
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
 
@@ -654,14 +653,10 @@ class Solver(MessageRouter):
                 self._occupy(run_id, render, entry, capacity, memory, ctx.now)
         self.renders[info.name] = render
         for run in msg.running:
-            if run.run_id in self.runs:
-                continue
-            if run.job_id not in self.jobs:
-                # its job is gone (deleted while the render was away): nobody would ever release it
-                kill = KillRun(ctx.next_id(), run.run_id, run.job_id, info.name, "job gone")
-                ctx.send(render_address(info.name), kill)
-                continue
-            self._occupy(run.run_id, render, None, run.capacity, run.memory_mb, ctx.now)
+            # a run the ledger does not know (the server restarted, say) takes its capacity until its job
+            # claims it (RunClaimed) or it ends; the registry answers for runs of jobs that are gone
+            if run.run_id not in self.runs:
+                self._occupy(run.run_id, render, None, run.capacity, run.memory_mb, ctx.now)
         self._fill(render, ctx)
 
     def _on_render_offline(self, msg: RenderOffline, ctx: Context) -> None:

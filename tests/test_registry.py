@@ -254,3 +254,39 @@ def test_only_an_admin_may_submit_a_job_for_another_user() -> None:
 class _Null:
     def handle(self, message: object, ctx: object) -> None:
         return None
+
+
+def test_a_reclaimed_run_goes_to_its_job_or_is_stopped_when_the_job_is_gone() -> None:
+    from farmhand.core.manual_runtime import ManualRuntime
+    from farmhand.core.messages import Actor, JobAction, KillRun, ReclaimRun, RunEnded, RunningRun, SubmitJob
+    from farmhand.core.registry import Registry
+    from farmhand.core.runtime import REGISTRY
+    from farmhand.core.spec import parse_job
+
+    rt = ManualRuntime()
+    rt.spawn(REGISTRY, Registry())
+    seen: list[tuple[str, Message]] = []
+    for prefix in ("job/", "render/", "client", "events"):
+        rt.sink(prefix, lambda to, m: seen.append((to, m)))
+    rt.sink("solver", lambda to, m: seen.append((to, m)))
+    spec = parse_job({"name": "j", "blocks": [{"name": "b", "command": "x", "tasks": [{"name": "t"}]}]})
+    rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann", "client"))
+    rt.run()
+    seen.clear()
+    kept = ReclaimRun(rt.next_id(), RunningRun(7, 1, 0, 0, 1), "r1")
+    gone = ReclaimRun(rt.next_id(), RunningRun(8, 99, 0, 0, 1), "r1")
+    rt.send(REGISTRY, kept)
+    rt.send(REGISTRY, gone)
+    rt.run()
+    # job 1 exists: it decided (its run 7 is not current, so it stops it and gives the capacity back)
+    kills = {m.run_id: m for to, m in seen if to == "render/r1" and isinstance(m, KillRun)}
+    assert sorted(kills) == [7, 8] and kills[8].reason == "job gone" and kills[7].reason == "stale"
+    ended = sorted(m.run_id for to, m in seen if to == "solver" and isinstance(m, RunEnded))
+    assert ended == [7, 8]
+    # once a job is being deleted, its runs are stopped by the registry too
+    rt.send(REGISTRY, JobAction(rt.next_id(), 1, "delete", Actor("ann"), "client"))
+    rt.run()
+    seen.clear()
+    rt.send(REGISTRY, ReclaimRun(rt.next_id(), RunningRun(9, 1, 0, 0, 1), "r1"))
+    rt.run()
+    assert [(to, type(m).__name__) for to, m in seen] == [("render/r1", "KillRun"), ("solver", "RunEnded")]

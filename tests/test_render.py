@@ -58,7 +58,8 @@ class Bench:
         self.out: list[tuple[str, Message]] = []
         for prefix in ("worker/", "job/"):
             self.rt.sink(prefix, lambda to, m: self.out.append((to, m)))
-        self.rt.sink(SOLVER, lambda to, m: self.out.append((to, m)))
+        for address in (SOLVER, REGISTRY):
+            self.rt.sink(address, lambda to, m: self.out.append((to, m)))
 
     def do(self, message: Message) -> list[tuple[str, Message]]:
         self.out.clear()
@@ -157,7 +158,7 @@ def test_reconnecting_worker_keeps_reported_runs_loses_the_rest_and_offers_unkno
     unknown = RunningRun(40, 4, 0, 2, 3)
     out = b.hello(kept, unknown)
     assert kinds(out) == [
-        ("job/2", "RunLost"), (SOLVER, "RenderOnline"), ("job/4", "ReclaimRun"), ("worker/r1", "Welcome"),
+        ("job/2", "RunLost"), (SOLVER, "RenderOnline"), ("registry", "ReclaimRun"), ("worker/r1", "Welcome"),
     ]
     online = out[1][1]
     assert isinstance(online, RenderOnline) and online.running == (kept, unknown)

@@ -284,12 +284,14 @@ def test_reconnect_keeps_every_held_run_until_it_ends() -> None:
     assert where(h.ready(1, 1, handled=3)) == [(1, 0, "r1")]
 
 
-def test_reconnect_with_a_run_of_an_unknown_job_kills_it() -> None:
+def test_reconnect_with_a_run_of_an_unknown_job_holds_it_until_it_ends() -> None:
     h = Harness()
     h.open(1)
     h.ctx.sent.clear()
     h.solver.handle(RenderOnline(h.ctx.next_id(), RenderInfo("r1"), (RunningRun(9, 42, 0, 0, 1),)), h.ctx)
-    assert [(to, type(m).__name__, m.run_id) for to, m in h.ctx.sent] == [("render/r1", "KillRun", 9)]
+    assert h.ctx.sent == []  # the registry answers for runs of jobs that are gone (KillRun + RunEnded)
+    assert h.solver.runs[9][1] is None and h.solver.renders["r1"].free_cap == 0
+    h.solver.handle(RunEnded(h.ctx.next_id(), 9, 42), h.ctx)
     assert h.solver.runs == {} and h.solver.renders["r1"].free_cap == 1
 
 
