@@ -357,7 +357,12 @@ class Solver(MessageRouter):
         tagsets = render.compat if render.compat_version == self._tagset_version else self._compatible_tagsets(render)
         if not self.policy.grouped:
             group = self._shared_group
-            return self._best_in(group, tagsets, render) if group.count else None
+            if not group.count:
+                return None
+            if len(tagsets) == 1:  # the usual farm: one tag set fits this render, so one bucket to look in
+                bucket = group.buckets.get(tagsets[0])
+                return self._first_eligible(bucket, render, None) if bucket else None
+            return self._best_in(group, tagsets, render)
         by_seq = self._group_by_seq
         for group_item in self._groups:
             best = self._best_in(by_seq[group_item[-1]], tagsets, render)
@@ -517,7 +522,13 @@ class Solver(MessageRouter):
         render.free_tasks -= 1
         render.runs.add(run_id)
         self.runs[run_id] = (render, entry, capacity, memory)
-        if entry is not None:
+        if entry is None:
+            return
+        if entry.simple and not self.policy.grouped:  # the hot path: no per-render caps, no user keys
+            user = entry.job.group
+            user.running_capacity += capacity
+            user.running_tasks += 1
+        else:
             self._count_start(run_id, render, entry, capacity, now)
 
     def _count_start(self, run_id: int, render: RenderSlot, entry: BlockEntry, capacity: int, now: float) -> None:
