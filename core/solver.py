@@ -464,7 +464,8 @@ class Solver(MessageRouter):
         while render.free_tasks > 0 and render.free_cap > 0:
             entry = self.decide(render)
             if entry is None:
-                self._hold(render, None)
+                if render.held_for is not None:
+                    self._hold(render, None)
                 self._set_idle(render, True)
                 return
             needs = entry.needs
@@ -472,10 +473,12 @@ class Solver(MessageRouter):
                 self._hold(render, entry)  # the starvation guard: nothing smaller goes here until it fits
                 self._set_idle(render, False)
                 return
-            if render.held_for is not None and (render.held_for is entry or render.held_for.item is None):
+            held = render.held_for
+            if held is not None and (held is entry or held.item is None):
                 self._hold(render, None)
             self._dispatch(entry, render, ctx, now)
-        self._set_idle(render, False)
+        if render.idle:
+            self._set_idle(render, False)
 
     def _set_idle(self, render: RenderSlot, idle: bool) -> None:
         if render.idle == idle:
