@@ -327,7 +327,10 @@ class JobBehaviour(MessageRouter):
     def _on_dispatch(self, msg: Dispatch, ctx: Context) -> None:
         block = self.blocks[msg.block]
         block.handled += 1
-        task = self._pop_ready(block) if self.dispatchable(block) > 0 else None
+        accepting = self.started and not (self.paused or self.deleted)
+        task = None
+        if block.ready > 0 and accepting and (not self.capped or self.dispatchable(block) > 0):
+            task = self._pop_ready(block)
         if task is None:
             self._report(block, ctx)
             ctx.send(SOLVER, DispatchDeclined(ctx.next_id(), msg.id, self.job_id, msg.block, msg.render))
