@@ -7,11 +7,10 @@ A tiny recording context stands in for the runtime; the test plays the solver (`
 from __future__ import annotations
 
 import itertools
-import random
-from collections.abc import Hashable
 from typing import Any
 
 import pytest
+from recording import RecordingContext
 
 from farmhand.core.job import JobBehaviour
 from farmhand.core.messages import (
@@ -50,42 +49,11 @@ JOB_ID = 7
 OWNER = "ann"
 
 
-class Recorder:
-    """A context that records what a behaviour does (sends, timers, stop) on a manual clock."""
+class Recorder(RecordingContext):
+    """The job's context: records sends and timers on a manual clock."""
 
     def __init__(self, now: float = 0.0, address: str = f"job/{JOB_ID}") -> None:
-        self.now = now
-        self.address = address
-        self.random = random.Random(0)
-        self.sent: list[tuple[str, Message]] = []
-        self.timers: dict[Hashable, tuple[float, Message]] = {}
-        self.stopped = False
-        self._ids = itertools.count(10_000)
-
-    def send(self, to: str, message: Message) -> None:
-        self.sent.append((to, message))
-
-    def set_timer(self, key: Hashable, at: float, message: Message) -> None:
-        self.timers[key] = (at, message)
-
-    def cancel_timer(self, key: Hashable) -> None:
-        self.timers.pop(key, None)
-
-    def next_id(self) -> int:
-        return next(self._ids)
-
-    def spawn(self, address: str, behaviour: Any) -> None:
-        raise AssertionError("a job spawns nothing")
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def take(self, kind: type | None = None, to: str | None = None) -> list[Any]:
-        """Messages sent since the last take (of ``kind``/to ``to`` if given); forgets all of them."""
-        out = [m for t, m in self.sent if (kind is None or isinstance(m, kind)) and (to is None or t == to)]
-        self.sent.clear()
-        return out
-
+        super().__init__(address, now, first_id=10_000)
 
 def block(name: str, first: int = 1, last: int = 4, per_task: int = 1, **extra: Any) -> dict[str, Any]:
     return {"name": name, "command": "run {first}-{last}", "frames": {"first": first, "last": last,

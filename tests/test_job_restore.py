@@ -8,9 +8,9 @@ worker to reclaim them and are requeued after a timeout; a ``JobQuery`` gets a `
 from __future__ import annotations
 
 import itertools
-import random
-from collections.abc import Hashable
 from typing import Any
+
+from recording import RecordingContext
 
 from farmhand.core.job import JobBehaviour
 from farmhand.core.manual_runtime import ManualRuntime
@@ -50,40 +50,11 @@ JOB_ID = 3
 OWNER = "ann"
 
 
-class Recorder:
+class Recorder(RecordingContext):
     """A context that records sends and timers on a manual clock."""
 
     def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-        self.address = f"job/{JOB_ID}"
-        self.random = random.Random(0)
-        self.sent: list[tuple[str, Message]] = []
-        self.timers: dict[Hashable, tuple[float, Message]] = {}
-        self._ids = itertools.count(50_000)
-
-    def send(self, to: str, message: Message) -> None:
-        self.sent.append((to, message))
-
-    def set_timer(self, key: Hashable, at: float, message: Message) -> None:
-        self.timers[key] = (at, message)
-
-    def cancel_timer(self, key: Hashable) -> None:
-        self.timers.pop(key, None)
-
-    def next_id(self) -> int:
-        return next(self._ids)
-
-    def spawn(self, address: str, behaviour: Any) -> None:
-        raise AssertionError("a job spawns nothing")
-
-    def stop(self) -> None:
-        pass
-
-    def take(self, kind: type | None = None, to: str | None = None) -> list[Any]:
-        out = [m for t, m in self.sent if (kind is None or isinstance(m, kind)) and (to is None or t == to)]
-        self.sent.clear()
-        return out
-
+        super().__init__(f"job/{JOB_ID}", now, first_id=50_000)
 
 def block(name: str, last: int = 3, **extra: Any) -> dict[str, Any]:
     return {"name": name, "command": "run {frame}", "frames": {"first": 1, "last": last}, **extra}

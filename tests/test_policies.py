@@ -4,14 +4,13 @@ user's own policy object. The test plays jobs and renders and reads which job ea
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections import Counter
-from collections.abc import Hashable
 from typing import Any, ClassVar
 
 import pytest
+from recording import RecordingContext
 
 from farmhand.core.messages import (
     BlockNeeds,
@@ -38,32 +37,11 @@ from farmhand.core.policies import (
 from farmhand.core.solver import Solver
 
 
-class Recorder:
+class Recorder(RecordingContext):
+    """A context recording what the solver sends."""
+
     def __init__(self) -> None:
-        self.now = 0.0
-        self.address = "solver"
-        self.random = random.Random(0)
-        self.sent: list[tuple[str, Message]] = []
-        self._ids = itertools.count(1)
-
-    def send(self, to: str, message: Message) -> None:
-        self.sent.append((to, message))
-
-    def set_timer(self, key: Hashable, at: float, message: Message) -> None:
-        raise AssertionError
-
-    def cancel_timer(self, key: Hashable) -> None:
-        raise AssertionError
-
-    def next_id(self) -> int:
-        return next(self._ids)
-
-    def spawn(self, address: str, behaviour: Any) -> None:
-        raise AssertionError
-
-    def stop(self) -> None:
-        raise AssertionError
-
+        super().__init__("solver", strict=True)
 
 class Farm:
     """A solver with a policy; jobs are single-block and capacity-1 unless told otherwise."""

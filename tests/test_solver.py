@@ -4,10 +4,7 @@ going. The test plays the jobs (``JobOpened``, ``BlockReady``, ``DispatchDecline
 
 from __future__ import annotations
 
-import itertools
-import random
-from collections.abc import Hashable
-from typing import Any
+from recording import RecordingContext
 
 from farmhand.core.messages import (
     AvoidRender,
@@ -31,34 +28,11 @@ from farmhand.core.policies import make_policy
 from farmhand.core.solver import Solver, host_allowed
 
 
-class Recorder:
+class Recorder(RecordingContext):
     """A context recording what the solver sends."""
 
     def __init__(self) -> None:
-        self.now = 0.0
-        self.address = "solver"
-        self.random = random.Random(0)
-        self.sent: list[tuple[str, Message]] = []
-        self._ids = itertools.count(1)
-
-    def send(self, to: str, message: Message) -> None:
-        self.sent.append((to, message))
-
-    def set_timer(self, key: Hashable, at: float, message: Message) -> None:
-        raise AssertionError("the solver sets no timers")
-
-    def cancel_timer(self, key: Hashable) -> None:
-        raise AssertionError("the solver sets no timers")
-
-    def next_id(self) -> int:
-        return next(self._ids)
-
-    def spawn(self, address: str, behaviour: Any) -> None:
-        raise AssertionError("the solver spawns nothing")
-
-    def stop(self) -> None:
-        raise AssertionError("the solver never stops")
-
+        super().__init__("solver", strict=True)
 
 class Harness:
     """A solver, its context, and shorthands to play jobs and renders."""
