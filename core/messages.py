@@ -88,6 +88,9 @@ class SubmitJob(Message, frozen=True):
     reclaim_s: float = 60.0  # restored running tasks wait this long for their worker
     #: who submits (None: trusted, e.g. a restore or a local run); only an admin may submit for another user
     by: Actor | None = None
+    #: re-created from a store after a restart: an upstream job id the registry does not know was deleted
+    #: meanwhile, which releases this job (as a deletion does) instead of refusing it
+    restoring: bool = False
 
 
 class JobAccepted(Message, frozen=True):

@@ -78,7 +78,8 @@ class Registry(MessageRouter):
         for i, upstream in enumerate(spec.depends_on_jobs):
             entry = self.jobs.get(upstream)
             if entry is None:
-                problems.append(f"depends_on_jobs[{i}]: no job with id {upstream}")
+                if not msg.restoring:  # when restoring, it was deleted: a deleted upstream releases its dependents
+                    problems.append(f"depends_on_jobs[{i}]: no job with id {upstream}")
             elif not entry.done:
                 waits.add(upstream)
         job_id = msg.job_id or self.next_job_id

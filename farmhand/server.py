@@ -198,7 +198,7 @@ def restore_jobs(store: Store, runtime: PykkaRuntime, reclaim_s: float, timeout:
             REGISTRY,
             SubmitJob(
                 mid, job.spec, job.user, RESTORE_REPLIES, job_id=job.job_id, submit_time=job.submit_time,
-                task_events=True, restore=job.tasks, reclaim_s=reclaim_s,
+                task_events=True, restore=job.tasks, reclaim_s=reclaim_s, restoring=True,
             ),
         )
     deadline = time.monotonic() + timeout

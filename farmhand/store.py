@@ -393,7 +393,6 @@ class Store:
             snaps.setdefault(job, []).append(
                 TaskSnapshot(block, task, state, attempt, failures, run_id, render, ready_time, start_time)
             )
-        kept = {row[0] for row in rows}
         out: list[RestoredJob] = []
         for job_id, data, user, submit_time, priority, paused in rows:
             try:
@@ -401,8 +400,8 @@ class Store:
             except (SpecError, ValueError) as exc:
                 log.error("stored job spec unreadable; not restored", extra=fields(job=job_id, error=str(exc)))
                 continue
-            deps = tuple(d for d in spec.depends_on_jobs if d in kept and d < job_id)
-            spec = msgspec.structs.replace(spec, priority=priority, paused=bool(paused), depends_on_jobs=deps)
+            # the actions' lasting changes; upstream jobs deleted since are the registry's business (restoring)
+            spec = msgspec.structs.replace(spec, priority=priority, paused=bool(paused))
             out.append(RestoredJob(job_id, spec, user, submit_time, tuple(snaps.get(job_id, ()))))
         return out
 

@@ -290,3 +290,27 @@ def test_a_reclaimed_run_goes_to_its_job_or_is_stopped_when_the_job_is_gone() ->
     rt.send(REGISTRY, ReclaimRun(rt.next_id(), RunningRun(9, 1, 0, 0, 1), "r1"))
     rt.run()
     assert [(to, type(m).__name__) for to, m in seen] == [("render/r1", "KillRun"), ("solver", "RunEnded")]
+
+
+def test_a_restored_job_whose_upstream_was_deleted_is_released_not_refused() -> None:
+    from farmhand.core.manual_runtime import ManualRuntime
+    from farmhand.core.messages import JobAccepted, JobRefused, SubmitJob
+    from farmhand.core.registry import Registry
+    from farmhand.core.runtime import REGISTRY
+    from farmhand.core.spec import parse_job
+
+    rt = ManualRuntime()
+    rt.spawn(REGISTRY, Registry())
+    replies: list[Message] = []
+    rt.sink("client", lambda _to, m: replies.append(m))
+    rt.sink("solver", lambda _to, _m: None)
+    spec = parse_job({"name": "after", "depends_on_jobs": [3],
+                      "blocks": [{"name": "b", "command": "x", "tasks": [{"name": "t"}]}]})
+    rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann", "client", job_id=5))
+    rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann", "client", job_id=6, restoring=True))
+    rt.run()
+    refused, restored = replies
+    assert isinstance(refused, JobRefused) and refused.problems == ("depends_on_jobs[0]: no job with id 3",)
+    assert isinstance(restored, JobAccepted) and restored.job_id == 6
+    job = rt.behaviour("job/6")
+    assert job.waits_on == set() and job.started  # nothing to wait for: it is free to run

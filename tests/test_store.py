@@ -102,7 +102,7 @@ def test_events_are_applied_in_order_and_restored(store: Store) -> None:
         (0, 0, "done", 1, 0, 0, "r1"), (0, 1, "error", 4, 4, 0, "r2"), (0, 2, "running", 2, 1, 905, "r3"),
         (1, 0, "skipped", 0, 0, 0, ""),
     ]
-    assert jobs[c].spec.depends_on_jobs == (a,)  # the deleted upstream is dropped
+    assert jobs[c].spec.depends_on_jobs == (a, b)  # as submitted: the registry releases it from deleted b
     assert store.max_run_id() == 905
     listed = {j.job_id: j for j in store.jobs()}
     assert sorted(listed) == [a, c]
