@@ -888,50 +888,41 @@ class CommandTemplate:
     for ``{first}``/``{last}``/``{frame}``. An argv command has every item filled.
     """
 
-    __slots__ = ("_argv", "_parts")
+    __slots__ = ("_argv", "_formats", "_items")
+
+    #: the position of each placeholder's value in the arguments of ``str.format``
+    _SLOT = {"first": 0, "frame": 0, "last": 1, "step": 2, "task": 3, "job": 4, "block": 5}
 
     def __init__(self, command: str | tuple[str, ...]) -> None:
         self._argv = not isinstance(command, str)
         items = command if isinstance(command, tuple) else (command,)
-        # literal text at even positions, placeholder names at odd positions
-        self._parts = tuple(tuple(_PLACEHOLDER.split(item)) for item in items)
+        # each item as a str.format pattern (other braces escaped), or None when it has no placeholder
+        self._formats = tuple(self._pattern(item) for item in items)
+        self._items = items
+
+    @classmethod
+    def _pattern(cls, item: str) -> str | None:
+        parts = _PLACEHOLDER.split(item)  # literal text at even positions, placeholder names at odd ones
+        if len(parts) == 1:
+            return None
+        return "".join(
+            part.replace("{", "{{").replace("}", "}}") if i % 2 == 0 else "{" + str(cls._SLOT[part]) + "}"
+            for i, part in enumerate(parts)
+        )
 
     def fill(
         self, first: int | None, last: int | None, step: int, task: int | str, job: int, block: str
     ) -> str | tuple[str, ...]:
         """The command of one task."""
-        parts_list = self._parts
+        formats = self._formats
         if not self._argv:
-            parts = parts_list[0]
-            if len(parts) == 1:
-                return parts[0]
-            if len(parts) == 3:  # one placeholder: the usual shape, filled without a buffer
-                return parts[0] + _value(parts[1], first, last, step, task, job, block) + parts[2]
-        out = []
-        for parts in parts_list:
-            if len(parts) == 1:
-                out.append(parts[0])
-                continue
-            buf = list(parts)
-            for i in range(1, len(buf), 2):
-                buf[i] = _value(buf[i], first, last, step, task, job, block)
-            out.append("".join(buf))
-        return tuple(out) if self._argv else out[0]
-
-
-def _value(name: str, first: int | None, last: int | None, step: int, task: int | str, job: int, block: str) -> str:
-    """The text of one placeholder for one task."""
-    if name == "frame" or name == "first":
-        return "" if first is None else str(first)
-    if name == "last":
-        return "" if last is None else str(last)
-    if name == "task":
-        return str(task)
-    if name == "job":
-        return str(job)
-    if name == "block":
-        return block
-    return str(step)
+            pattern = formats[0]
+            if pattern is None:
+                return self._items[0]
+            return pattern.format("" if first is None else first, "" if last is None else last, step, task, job, block)
+        values = ("" if first is None else first, "" if last is None else last, step, task, job, block)
+        items = self._items
+        return tuple(items[i] if f is None else f.format(*values) for i, f in enumerate(formats))
 
 
 def format_command(

@@ -46,7 +46,15 @@ from farmhand.core.policies import Policy
 from farmhand.core.records import summarize
 from farmhand.core.registry import Registry
 from farmhand.core.render import RenderBehaviour
-from farmhand.core.runtime import EVENTS, REGISTRY, SOLVER, job_address, render_address, worker_address
+from farmhand.core.runtime import (
+    EVENTS,
+    REGISTRY,
+    SOLVER,
+    MessageRouter,
+    job_address,
+    render_address,
+    worker_address,
+)
 from farmhand.core.solver import Solver
 
 from .runtime import NetworkModel, SimRuntime
@@ -125,13 +133,8 @@ class SimResult:
         return not self.stalled and not self.refused and all(s == "done" for s in self.job_states.values())
 
 
-class _Collector:
+class _Collector(MessageRouter):
     """The event sink and the reply sink: run records, job states, the end condition and progress."""
-
-    __slots__ = (
-        "done_tasks", "finished", "jobs_total", "last_progress", "on_progress", "progress_every", "records",
-        "refused", "rt", "states", "tasks_total", "terminal",
-    )
 
     def __init__(self, jobs_total: int, tasks_total: int, on_progress: Progress | None, every: int) -> None:
         self.records: list[RunRecord] = []
@@ -146,26 +149,26 @@ class _Collector:
         self.progress_every = every
         self.last_progress = 0
         self.rt: SimRuntime | None = None
+        self._handlers = {RunRecord: self._on_record, JobStateChanged: self._on_job_state}
 
-    def handle(self, msg: Message, _ctx: object) -> None:
-        """The event sink, hosted like a behaviour: run records and job state changes."""
-        if msg.__class__ is RunRecord:
-            self.records.append(msg)  # type: ignore[arg-type]
-            if msg.state == "done":  # type: ignore[attr-defined]
-                self.done_tasks += 1
-                if self.on_progress is not None and self.done_tasks - self.last_progress >= self.progress_every:
-                    self.last_progress = self.done_tasks
-                    self.on_progress(self.done_tasks, self.tasks_total, self.rt.now if self.rt else 0.0)
-        elif isinstance(msg, JobStateChanged):
-            before = self.states.get(msg.job_id)
-            self.states[msg.job_id] = msg.state
-            was = before in ("done", "error", "deleted")
-            now = msg.state in ("done", "error", "deleted")
-            if now and not was:
-                self.terminal += 1
-            elif was and not now:
-                self.terminal -= 1
-            self._check()
+    def _on_record(self, msg: RunRecord, _ctx: object) -> None:
+        self.records.append(msg)
+        if msg.state == "done":
+            self.done_tasks += 1
+            if self.on_progress is not None and self.done_tasks - self.last_progress >= self.progress_every:
+                self.last_progress = self.done_tasks
+                self.on_progress(self.done_tasks, self.tasks_total, self.rt.now if self.rt else 0.0)
+
+    def _on_job_state(self, msg: JobStateChanged, _ctx: object) -> None:
+        before = self.states.get(msg.job_id)
+        self.states[msg.job_id] = msg.state
+        was = before in ("done", "error", "deleted")
+        now = msg.state in ("done", "error", "deleted")
+        if now and not was:
+            self.terminal += 1
+        elif was and not now:
+            self.terminal -= 1
+        self._check()
 
     def on_reply(self, _to: str, msg: Message) -> None:
         if isinstance(msg, JobRefused):
@@ -221,7 +224,7 @@ def run_sim(
 
     rt = SimRuntime(seed=seed, network=network, on_loss=on_loss)
     collector.rt = rt
-    rt.spawn(EVENTS, collector)  # type: ignore[arg-type]
+    rt.spawn(EVENTS, collector)
     rt.sink(CLIENT, collector.on_reply)
     rt.spawn(REGISTRY, Registry())
     rt.spawn(SOLVER, Solver(policy))

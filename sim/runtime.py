@@ -34,7 +34,7 @@ import simpy
 from simpy.events import NORMAL, Event
 
 from farmhand.core.messages import Message
-from farmhand.core.runtime import Address, Behaviour
+from farmhand.core.runtime import Address, Behaviour, MessageRouter
 
 Sink = Callable[[Address, Message], None]
 LossHook = Callable[[Address, Address, Message], None]
@@ -184,8 +184,8 @@ class SimRuntime:
         #: this runtime's context class: its ``now`` is the simulated time of the current delivery
         base = _FlatContext if self.flat else SimContext
         self._context_class: type[SimContext] = type("SimContext", (base,), {"__slots__": ()})
-        #: what is hosted at each address: (its handle function, its context)
-        self.hosted: dict[Address, tuple[Callable[[Message, Any], None], SimContext | None]] = {}
+        #: what is hosted at each address: (its handlers by message class, its context); see :func:`_handlers_of`
+        self.hosted: dict[Address, tuple[Any, SimContext | None]] = {}
         self.behaviours: dict[Address, Behaviour] = {}
         #: addresses on the far side of the network (the workers)
         self.remotes: set[Address] = set()
@@ -219,7 +219,7 @@ class SimRuntime:
             self.remotes.add(address)
         ctx = self._context_class(self, address, address in self.remotes)
         self.behaviours[address] = behaviour
-        self.hosted[address] = (behaviour.handle, ctx)
+        self.hosted[address] = (_handlers_of(behaviour), ctx)
 
     def remote(self, address: Address) -> None:
         """Put ``address`` across the network (call before spawning it there)."""
@@ -234,7 +234,7 @@ class SimRuntime:
         if address.endswith("/"):
             self.prefix_sinks[address] = sink
         else:
-            self.hosted[address] = (lambda message, _ctx: sink(address, message), None)
+            self.hosted[address] = (_EveryKind(lambda message, _ctx: sink(address, message)), None)
 
     def context(self, address: Address) -> SimContext | None:
         """The context of the behaviour at ``address``."""
@@ -365,7 +365,9 @@ class SimRuntime:
                 handled += 1
                 entry = get(to)
                 if entry is not None:
-                    entry[0](message, entry[1])
+                    handler = entry[0].get(message.__class__)
+                    if handler is not None:
+                        handler(message, entry[1])
                     if stopping:
                         self._finish_stops()
                 else:
@@ -389,6 +391,27 @@ class SimRuntime:
             for slot in [slot for slot in self.timers if slot[0] == address]:
                 del self.timers[slot]
         self._stopping.clear()
+
+
+class _EveryKind:
+    """A handler table that gives the same handler for every message class (a behaviour's own ``handle``)."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: Callable[[Message, Any], None]) -> None:
+        self._handler = handler
+
+    def get(self, _kind: type) -> Callable[[Message, Any], None]:
+        return self._handler
+
+
+def _handlers_of(behaviour: Behaviour) -> Any:
+    """How the runtime calls ``behaviour``: a :class:`MessageRouter` that keeps the base ``handle`` is called
+    through its handler table directly (one call per message instead of two); any other behaviour through
+    its ``handle``. The behaviour sees the same calls either way."""
+    if isinstance(behaviour, MessageRouter) and type(behaviour).handle is MessageRouter.handle:
+        return behaviour._handlers
+    return _EveryKind(behaviour.handle)
 
 
 def _call(event: Event) -> None:
