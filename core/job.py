@@ -13,7 +13,7 @@ Task states: waiting (dependencies, job dependencies, wait-until), ready, runnin
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from .frames import TaskFrames, block_tasks, frame_dependencies, task_order
 from .messages import (
@@ -125,10 +125,11 @@ class Block:
         self.index = index
         self.spec = spec
         frames = block_tasks(spec)
-        order = task_order(len(frames), spec.order)
-        ranks = [0] * len(frames)
-        for position, task_index in enumerate(order):
-            ranks[task_index] = position
+        ranks: Sequence[int] = range(len(frames))  # sequential: a task's rank is its index
+        if spec.order != "sequential":
+            ranks = [0] * len(frames)
+            for position, task_index in enumerate(task_order(len(frames), spec.order)):
+                ranks[task_index] = position
         self.tasks = [Task(i, f, ranks[i]) for i, f in enumerate(frames)]
         self.command = CommandTemplate(spec.command) if spec.command is not None else None
         self.templates: dict[str | tuple[str, ...], CommandTemplate] = {}
@@ -138,7 +139,8 @@ class Block:
         self.unfinished = len(self.tasks)
         self.blocked = 0  # whole-block upstreams not yet finished
         self.down_blocks: list[int] = []
-        self.frame_down: list[list[tuple[int, int]]] = [[] for _ in self.tasks]
+        #: task index -> the (block, task) pairs that wait on that task alone (only tasks that have some)
+        self.frame_down: dict[int, list[tuple[int, int]]] = {}
         self.handled = 0
         self.reported = 0
         self.reported_handled = 0
@@ -228,7 +230,7 @@ class JobBehaviour(MessageRouter):
                 for j, ups in enumerate(deps):
                     block.tasks[j].unmet += len(ups)
                     for i in ups:
-                        upstream.frame_down[i].append((block.index, j))
+                        upstream.frame_down.setdefault(i, []).append((block.index, j))
 
 
     def _on_start(self, msg: StartJob, ctx: Context) -> None:
@@ -521,7 +523,7 @@ class JobBehaviour(MessageRouter):
         task.state = state
         block.unfinished -= 1
         self.finished_tasks += 1
-        frame_down = block.frame_down[task.index]
+        frame_down = block.frame_down.get(task.index, ())
         if not frame_down and block.unfinished:
             return  # the common case: nothing waits on this task alone, and its block is not finished
         touched: set[int] = set()
@@ -547,7 +549,7 @@ class JobBehaviour(MessageRouter):
         """A done or skipped task goes back: whatever depended on it waits again."""
         block.unfinished += 1
         self.finished_tasks -= 1
-        for d_index, j in block.frame_down[task.index]:
+        for d_index, j in block.frame_down.get(task.index, ()):
             down = self.blocks[d_index]
             dt = down.tasks[j]
             dt.unmet += 1
@@ -699,7 +701,7 @@ class JobBehaviour(MessageRouter):
         while stack:
             b_index, t_index = stack.pop()
             block = self.blocks[b_index]
-            nexts = list(block.frame_down[t_index])
+            nexts = list(block.frame_down.get(t_index, ()))
             for d_index in block.down_blocks:
                 nexts.extend((d_index, j) for j in range(len(self.blocks[d_index].tasks)))
             for key in nexts:
@@ -810,7 +812,7 @@ class JobBehaviour(MessageRouter):
             task.percent = 100
         block.unfinished -= 1
         self.finished_tasks += 1
-        for d_index, j in block.frame_down[task.index]:
+        for d_index, j in block.frame_down.get(task.index, ()):
             self.blocks[d_index].tasks[j].unmet -= 1
         if block.unfinished == 0:
             for d_index in block.down_blocks:

@@ -769,7 +769,7 @@ def check_job_bookkeeping(job: JobBehaviour) -> None:
     assert job.running == sum(t.state == 2 for b in job.blocks for t in b.tasks)
     unmet: Counter[tuple[int, int]] = Counter()
     for up in job.blocks:
-        for i, downs in enumerate(up.frame_down):
+        for i, downs in up.frame_down.items():
             if up.tasks[i].state not in finished:
                 unmet.update(downs)
     for block in job.blocks:
