@@ -516,22 +516,65 @@ def runs_csv_text(store: Store) -> str:
     return out.getvalue()
 
 
+#: requests served at once; one more is answered 503 at once instead of costing the server another thread
+MAX_CONCURRENT_REQUESTS = 64
+
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b'Content-Length: 51\r\n\r\n{"error": "too many requests at once, retry soon"}\n'
+)
+
+
 class _Server(ThreadingHTTPServer):
+    """A thread per request, at most ``max_requests`` at once."""
+
     daemon_threads = False  # server_close() joins the request threads: none is left behind
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], api: ClientApi) -> None:
+    def __init__(self, address: tuple[str, int], api: ClientApi, max_requests: int = MAX_CONCURRENT_REQUESTS) -> None:
         self.api = api
+        self._slots = threading.BoundedSemaphore(max_requests)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("client API busy: request refused", extra=fields(client=client_address[0]))
+            try:
+                # read the request head first (briefly): closing a socket with unread input resets the
+                # connection, and the client would see a reset instead of the 503
+                request.settimeout(0.5)
+                request.recv(65536)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class HttpApi:
     """The HTTP server of the client API, on its own thread; ``stop()`` joins every thread it started."""
 
-    def __init__(self, api: ClientApi, host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT) -> None:
+    def __init__(
+        self,
+        api: ClientApi,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_HTTP_PORT,
+        max_requests: int = MAX_CONCURRENT_REQUESTS,
+    ) -> None:
         self.api = api
-        self._server = _Server((host, port), api)
+        self._server = _Server((host, port), api, max_requests)
         bound = self._server.server_address
         self.host, self.port = str(bound[0]), int(bound[1])
         self._thread = threading.Thread(

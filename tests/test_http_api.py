@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from farm_fixture import Farm, job_spec, running_farm
 
 from farmhand.client import ApiClient, ApiError
 from farmhand.core.records import CSV_COLUMNS
+from farmhand.http_api import HttpApi
 
 
 @pytest.fixture
@@ -166,3 +168,33 @@ def test_unknown_endpoints_are_404(farm: Farm) -> None:
         with pytest.raises(ApiError) as err:
             farm.admin.request(method, path)
         assert err.value.status in (400, 404, 501), (method, path)
+
+
+def test_requests_beyond_the_cap_are_refused_503_and_served_again_once_free(farm: Farm) -> None:
+    assert farm.server.http is not None
+    api = HttpApi(farm.server.http.api, "127.0.0.1", 0, max_requests=2).start()
+    token = farm.admin.token
+    holders: list[socket.socket] = []
+    try:
+        for _ in range(2):  # two silent clients hold both request threads (until the handler's 3 s timeout)
+            holders.append(socket.create_connection((api.host, api.port), timeout=5))
+        time.sleep(0.3)
+        busy = ApiClient(api.url, token, timeout=5)
+        with pytest.raises(ApiError) as err:
+            busy.whoami()
+        assert err.value.status == 503
+        for s in holders:
+            s.close()
+        holders.clear()
+        deadline = time.monotonic() + 10
+        while True:  # the held threads end (their clients went away) and give their slots back
+            try:
+                assert busy.whoami()["user"] == "admin"
+                break
+            except ApiError as e:
+                assert e.status == 503 and time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        for s in holders:
+            s.close()
+        api.stop()
