@@ -350,7 +350,7 @@ class JobBehaviour(MessageRouter):
         block.running += 1
         self.running += 1
         self.live[run_id] = LiveRun(block.index, task.index, task.attempt, render, now, task.ready_time)
-        ctx.send(render_address(render), self._assign(block, task, msg))
+        ctx.send(render_address(render), self._assign(block, task, msg, ctx))
         if self.task_events:
             self._changed(block, task, ctx)
         if self.capped:
@@ -366,14 +366,14 @@ class JobBehaviour(MessageRouter):
                 return task
         return None
 
-    def _assign(self, block: Block, task: Task, msg: Dispatch) -> Assign:
+    def _assign(self, block: Block, task: Task, msg: Dispatch, ctx: Context) -> Assign:
         spec = block.spec
         f = task.frames
         template = block.command if f.command is spec.command else block.template(f.command)
         assert template is not None  # validated: a block without a command has commands on every task
         command = template.fill(f.first, f.last, f.step, task.index, self.job_id, spec.name)
         return Assign(
-            msg.id, msg.id, self.job_id, block.index, task.index, task.attempt, msg.render, command,
+            ctx.next_id(), msg.id, self.job_id, block.index, task.index, task.attempt, msg.render, command,
             f.name, self.spec.name, spec.name, spec.capacity, spec.memory_mb, spec.working_dir, spec.env,
             spec.timeout_s, spec.progress,
         )

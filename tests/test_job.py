@@ -161,7 +161,8 @@ def test_task_lifecycle_ready_running_done_and_records() -> None:
     ctx.now = 6.0
     a = assign(job, ctx)
     msgs = ctx.take()
-    assert a.run_id == a.id and a.attempt == 1 and a.task == 0 and a.render == "r1"
+    # the run id is the dispatch's id; the Assign message has an id of its own
+    assert a.id != a.run_id and a.run_id in job.live and a.attempt == 1 and a.task == 0 and a.render == "r1"
     assert a.command == "run 10-10" and a.job_name == "shot" and a.block_name == "a" and a.task_name == "10"
     assert a.env == (("K", "v"),) and a.working_dir == "/tmp" and a.timeout_s == 30
     assert states(job) == ["running", "ready"]
