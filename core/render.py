@@ -137,14 +137,16 @@ class RenderBehaviour(MessageRouter):
         ctx.send(self._worker, msg)
 
     def _forward_to_job(self, msg: TaskStarted | TaskProgress, ctx: Context) -> None:
-        if msg.run_id in self.runs:
-            ctx.send(job_address(msg.job_id), msg)
+        run = self.runs.get(msg.run_id)
+        if run is not None:
+            ctx.send(job_address(run.job_id), msg)
 
     def _on_finished(self, msg: TaskFinished, ctx: Context) -> None:
         if self.acks:
             ctx.send(self._worker, FinishAck(ctx.next_id(), msg.id, msg.run_id))
-        if self.runs.pop(msg.run_id, None) is not None:
-            ctx.send(job_address(msg.job_id), msg)
+        run = self.runs.pop(msg.run_id, None)
+        if run is not None:  # to the job we gave the run for, whatever job the report names
+            ctx.send(job_address(run.job_id), msg)
 
     def _on_kill(self, msg: KillRun, ctx: Context) -> None:
         if self.state != OFFLINE:

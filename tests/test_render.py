@@ -107,6 +107,15 @@ def test_assign_progress_and_finish_are_forwarded_and_acknowledged() -> None:
     assert b.do(TaskStarted(b.rt.next_id(), 99, 3, 0, 0, 1, "r1")) == []
 
 
+def test_reports_go_to_the_job_the_run_was_given_for_whatever_job_they_name() -> None:
+    b = Bench()
+    b.hello()
+    b.assign(12, job_id=4)
+    assert kinds(b.do(TaskProgress(b.rt.next_id(), 12, 9, 0, 0, 1, 50))) == [("job/4", "TaskProgress")]
+    out = b.do(TaskFinished(b.rt.next_id(), 12, 9, 0, 0, 1, "r1", "done"))
+    assert kinds(out) == [("worker/r1", "FinishAck"), ("job/4", "TaskFinished")]
+
+
 def test_silent_render_is_declared_lost_and_its_runs_come_back_as_lost() -> None:
     b = Bench(zombie_s=30.0)
     b.hello()
