@@ -314,11 +314,16 @@ class Goodbye(Message, frozen=True):
 
 
 class RenderOnline(Message, frozen=True):
-    """A render is up: the solver may dispatch to it (unless ``paused``); ``running`` occupies capacity already."""
+    """A render is up: the solver may dispatch to it (unless ``paused``); ``running`` occupies capacity already.
+
+    ``lost``: on a reconnection, the runs the render gave to the worker that the worker no longer has (their
+    jobs hear of them as lost): their capacity is free at once, not when each job's ``RunEnded`` arrives.
+    """
 
     info: RenderInfo
     running: tuple[RunningRun, ...] = ()
     paused: bool = False
+    lost: tuple[int, ...] = ()
 
 
 class RenderOffline(Message, frozen=True):

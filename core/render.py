@@ -78,12 +78,12 @@ class RenderBehaviour(MessageRouter):
         self.acks = msg.acks
         reported = {run.run_id: run for run in msg.running}
         # runs we gave this render that its worker no longer has: lost
-        for run_id in sorted(self.runs):
-            if run_id not in reported:
-                self._lose(self.runs.pop(run_id), "worker restarted", ctx)
+        lost = tuple(run_id for run_id in sorted(self.runs) if run_id not in reported)
+        for run_id in lost:
+            self._lose(self.runs.pop(run_id), "worker restarted", ctx)
         self.state = PAUSED if self.paused else ONLINE
         # paused travels with the registration: the solver must not fill a paused render in between
-        ctx.send(SOLVER, RenderOnline(ctx.next_id(), msg.info, msg.running, self.paused))
+        ctx.send(SOLVER, RenderOnline(ctx.next_id(), msg.info, msg.running, self.paused, lost))
         for run in msg.running:
             if run.run_id not in self.runs:
                 self.runs[run.run_id] = run

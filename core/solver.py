@@ -656,11 +656,14 @@ class Solver(MessageRouter):
         render = RenderSlot(info, old.seq if old is not None else self._next_seq())
         render.paused = msg.paused or (old is not None and old.paused)
         if old is not None:
-            # a reconnection: every run the ledger holds stays held. Runs the worker no longer has come back
-            # as RunEnded (the render reports them lost to their jobs), and a dispatch still on its way to
-            # the render will run there: forgetting it would give the render more than its capacity.
+            # a reconnection: runs the worker no longer has are free now (their jobs' RunEnded, later, then
+            # finds nothing to release); every other run the ledger holds stays held: a run the worker
+            # reports, and a dispatch still on its way to the render, which will run there
             self._set_idle(old, False)
             self._hold(old, None)
+            for run_id in msg.lost:
+                if run_id in old.runs:
+                    self._release(run_id, ctx.now)
             for run_id in sorted(old.runs):
                 _, entry, capacity, memory = self.runs[run_id]
                 self._release(run_id, ctx.now)

@@ -269,6 +269,22 @@ def test_reconnect_with_a_run_of_an_unknown_job_holds_it_until_it_ends() -> None
     assert h.solver.runs == {} and h.solver.renders["r1"].free_cap == 1
 
 
+def test_a_smaller_render_back_without_its_runs_frees_them_at_once_and_never_goes_negative() -> None:
+    h = Harness()
+    h.open(1)
+    h.ready(1, 5)
+    first = h.online("r1", capacity=2, max_tasks=2)
+    assert len(first) == 2
+    # the worker restarted with capacity 1 and none of its runs: the render reports both lost
+    info = RenderInfo("r1", capacity=1, max_tasks=1)
+    again = h.do(RenderOnline(h.ctx.next_id(), info, (), False, tuple(d.id for d in first)))
+    r1 = h.solver.renders["r1"]
+    assert len(again) == 1 and r1.free_cap == 0 and r1.free_tasks == 0  # checked >= 0 after every message
+    for d in first:  # the jobs' RunEnded, later, release nothing twice
+        assert h.ended(d.id, 1) == []
+    assert r1.free_cap == 0 and set(r1.runs) == {again[0].id}
+
+
 def test_render_online_paused_gets_nothing() -> None:
     h = Harness()
     h.open(1)
