@@ -1,10 +1,11 @@
 """The SimPy runtime's own floor: what a simulated task would cost with a core that did nothing.
 
 Each render's chain of trivial relays carries one message around the same path a task takes in ``farmhand
-sim`` (worker -> render -> job -> solver -> job -> render -> worker, then a timer for the run): seven
-deliveries and one timer per task, every handler only forwarding what it got. The rate it reaches bounds
-any simulation on this runtime from above; the gap between it and ``bench/test_bench_sim.py``'s rate is the
-core's (and the virtual worker's) own work. Run ``python bench/runtime_floor.py`` beside the benchmark.
+sim`` (worker -> render -> job -> solver -> job -> render -> worker, then a timer for the run): six messages
+and the timer's firing, seven deliveries per task, every handler only forwarding what it got. The rate it
+reaches bounds any simulation on this runtime from above; the gap between it and
+``bench/test_bench_sim.py``'s rate is the core's (and the virtual worker's) own work. Run
+``python bench/runtime_floor.py`` beside the benchmark.
 """
 
 from __future__ import annotations

@@ -87,7 +87,9 @@ Handler = Callable[[Any, "Context"], None]
 class MessageRouter:
     """Base of behaviours that route each kind of message to one method; unknown kinds are ignored.
 
-    A subclass fills ``_handlers`` (message class -> bound method) in its constructor.
+    A subclass fills ``_handlers`` (message class -> bound method) in its constructor, and never replaces the
+    dict afterwards: a runtime may keep a reference to it when it hosts the behaviour and call its handlers
+    directly, as :meth:`handle` does. A subclass that overrides :meth:`handle` is always called through it.
     """
 
     _handlers: dict[type[Message], Handler]

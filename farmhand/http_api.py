@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -372,7 +373,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "farmhand"
     protocol_version = "HTTP/1.0"
-    timeout = 3.0  # a silent client cannot hold a request thread (and the shutdown) for long
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout_s  # a silent client cannot hold a thread (or the shutdown) long
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http " + format % args, extra=fields(client=self.client_address[0]))
@@ -516,8 +519,10 @@ def runs_csv_text(store: Store) -> str:
     return out.getvalue()
 
 
-#: requests served at once; one more is answered 503 at once instead of costing the server another thread
+#: requests served at once; one more is answered 503 instead of costing the server another thread
 MAX_CONCURRENT_REQUESTS = 64
+#: seconds a client may stay silent in the middle of a request before its thread lets it go
+REQUEST_TIMEOUT_S = 3.0
 
 _BUSY = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
@@ -526,29 +531,42 @@ _BUSY = (
 
 
 class _Server(ThreadingHTTPServer):
-    """A thread per request, at most ``max_requests`` at once."""
+    """A thread per request, at most ``max_requests`` at once; the others are answered 503 by one more thread.
+
+    The accept loop never waits on a refused client: it hands the connection to the refusing thread (up to
+    a queue of 128; beyond that the connection is just closed), which reads the request head briefly (closing
+    a socket with unread input would reset the connection, and the client would see that instead of the
+    503), answers and closes. Refusals are logged at most once a second, with a count.
+    """
 
     daemon_threads = False  # server_close() joins the request threads: none is left behind
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], api: ClientApi, max_requests: int = MAX_CONCURRENT_REQUESTS) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        api: ClientApi,
+        max_requests: int = MAX_CONCURRENT_REQUESTS,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
         self.api = api
+        self.request_timeout_s = request_timeout_s
         self._slots = threading.BoundedSemaphore(max_requests)
+        self._refusals: queue.Queue[Any] = queue.Queue(maxsize=128)
+        self._refused = 0
+        self._refusals_logged_at = 0.0
         super().__init__(address, _Handler)
+        self._refuser = threading.Thread(target=self._refuse_loop, name="farmhand-http-busy", daemon=True)
+        self._refuser.start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            log.warning("client API busy: request refused", extra=fields(client=client_address[0]))
+            self._note_refusal()
             try:
-                # read the request head first (briefly): closing a socket with unread input resets the
-                # connection, and the client would see a reset instead of the 503
-                request.settimeout(0.5)
-                request.recv(65536)
-                request.sendall(_BUSY)
-            except OSError:
-                pass
-            self.shutdown_request(request)
+                self._refusals.put_nowait(request)
+            except queue.Full:
+                self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
@@ -562,6 +580,37 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def _note_refusal(self) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= 1.0:
+            log.warning("client API busy: requests refused", extra=fields(refused=self._refused))
+            self._refused = 0
+            self._refusals_logged_at = now
+
+    def _refuse_loop(self) -> None:
+        while True:
+            request = self._refusals.get()
+            if request is None:
+                return
+            try:
+                request.settimeout(0.5)
+                request.recv(65536)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        while True:  # drop what still waits for a refusal, then stop the refusing thread
+            try:
+                self.shutdown_request(self._refusals.get_nowait())
+            except queue.Empty:
+                break
+        self._refusals.put(None)
+        self._refuser.join(timeout=5)
+
 
 class HttpApi:
     """The HTTP server of the client API, on its own thread; ``stop()`` joins every thread it started."""
@@ -572,9 +621,10 @@ class HttpApi:
         host: str = "127.0.0.1",
         port: int = DEFAULT_HTTP_PORT,
         max_requests: int = MAX_CONCURRENT_REQUESTS,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.api = api
-        self._server = _Server((host, port), api, max_requests)
+        self._server = _Server((host, port), api, max_requests, request_timeout_s)
         bound = self._server.server_address
         self.host, self.port = str(bound[0]), int(bound[1])
         self._thread = threading.Thread(

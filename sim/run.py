@@ -350,7 +350,8 @@ def _cycle_collector_paused() -> Iterator[None]:
     objects at a high rate; each automatic collection then walks the long-lived heap again, which cost a
     quarter to a third of the loop's time at the default scenario. The core makes almost no reference
     cycles (a few hundred objects in a whole default run), so reference counting frees nearly everything as
-    it goes and pausing the collector does not grow memory; what cycles there are go once it resumes.
+    it goes and pausing the collector does not grow memory; what cycles there are go at its first pass after
+    it resumes. The collector is process-wide: a caller that had it off finds it off again.
     """
     was_enabled = gc.isenabled()
     gc.disable()

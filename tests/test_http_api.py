@@ -172,11 +172,11 @@ def test_unknown_endpoints_are_404(farm: Farm) -> None:
 
 def test_requests_beyond_the_cap_are_refused_503_and_served_again_once_free(farm: Farm) -> None:
     assert farm.server.http is not None
-    api = HttpApi(farm.server.http.api, "127.0.0.1", 0, max_requests=2).start()
+    api = HttpApi(farm.server.http.api, "127.0.0.1", 0, max_requests=2, request_timeout_s=30).start()
     token = farm.admin.token
     holders: list[socket.socket] = []
     try:
-        for _ in range(2):  # two silent clients hold both request threads (until the handler's 3 s timeout)
+        for _ in range(2):  # two silent clients hold both request threads (for up to 30 s)
             holders.append(socket.create_connection((api.host, api.port), timeout=5))
         time.sleep(0.3)
         busy = ApiClient(api.url, token, timeout=5)
@@ -191,8 +191,8 @@ def test_requests_beyond_the_cap_are_refused_503_and_served_again_once_free(farm
             try:
                 assert busy.whoami()["user"] == "admin"
                 break
-            except ApiError as e:
-                assert e.status == 503 and time.monotonic() < deadline
+            except ApiError as e:  # 503 until a thread notices its client left (or a reset in between)
+                assert e.status in (0, 503) and time.monotonic() < deadline
                 time.sleep(0.1)
     finally:
         for s in holders:
