@@ -69,6 +69,7 @@ class RenderBehaviour(MessageRouter):
 
     # ---------------------------------------------------------------------------------------- liveness
     def _arm(self, ctx: Context) -> None:
+        """A hello: the render is seen now, and its zombie deadline starts."""
         self.last_seen = ctx.now
         if self.watch:
             ctx.set_timer("zombie", ctx.now + self.zombie_s, Tick(ctx.next_id(), "zombie"))
@@ -97,11 +98,17 @@ class RenderBehaviour(MessageRouter):
         if self.state == OFFLINE:  # declared lost while its connection stayed up: it must say hello again
             ctx.send(self._worker, Rejoin(ctx.next_id(), msg.id, "render was declared lost"))
             return
-        self._arm(ctx)
+        # the deadline moves, the timer does not: when it fires it looks at last_seen and, if the render was
+        # heard from since, waits again until the new deadline (one timer per zombie time, not per heartbeat)
+        self.last_seen = ctx.now
 
     def _on_tick(self, msg: Tick, ctx: Context) -> None:
         if msg.name == "zombie" and self.state != OFFLINE:
-            self._go_offline(f"no heartbeat for {self.zombie_s:g} s", ctx)
+            deadline = self.last_seen + self.zombie_s
+            if ctx.now >= deadline:
+                self._go_offline(f"no heartbeat for {self.zombie_s:g} s", ctx)
+            else:
+                ctx.set_timer("zombie", deadline, Tick(ctx.next_id(), "zombie"))
 
     def _on_goodbye(self, msg: Goodbye, ctx: Context) -> None:
         if self.state != OFFLINE:

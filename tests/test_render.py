@@ -123,7 +123,9 @@ def test_silent_render_is_declared_lost_and_its_runs_come_back_as_lost() -> None
     b.assign(12, job_id=2, task=4)
     b.rt.now = 20.0
     b.do(Heartbeat(b.rt.next_id(), "r1", (11, 12)))
-    assert b.rt.next_timer() == 50.0  # the heartbeat re-armed the timer
+    assert b.rt.next_timer() == 30.0  # the heartbeat moved the deadline, not the timer
+    b.rt.advance(30.0)
+    assert b.render.state == ONLINE and b.rt.next_timer() == 50.0  # heard from at 20: wait until 50
     b.out.clear()
     b.rt.advance(50.0)
     out = list(b.out)
