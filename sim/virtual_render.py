@@ -55,6 +55,10 @@ class VirtualWorker(MessageRouter):
         self._timed_out: set[int] = set()
         self._started: dict[int, float] = {}
         self.up = False
+        #: the render has answered this connection's hello: an assignment sent before it read the hello is not
+        #: run (the render declares it lost on reading the hello, and the job runs it elsewhere), as a real
+        #: worker does
+        self.welcomed = False
         self.completed = 0
         self._render = render_address(info.name)
         self._handlers: dict[type[Message], Handler] = {
@@ -66,6 +70,7 @@ class VirtualWorker(MessageRouter):
 
 
     def _on_welcome(self, msg: Welcome, ctx: Context) -> None:
+        self.welcomed = True
         self.heartbeat_s = msg.heartbeat_s
         if self.heartbeat and self.heartbeat_s > 0:
             ctx.set_timer("heartbeat", ctx.now + self.heartbeat_s, Tick(ctx.next_id(), "heartbeat"))
@@ -76,6 +81,7 @@ class VirtualWorker(MessageRouter):
             self._finish(msg.ref, ctx)
         elif name == "hello":
             self.up = True  # (re)connect, telling the render what this worker still runs
+            self.welcomed = False
             running = tuple(
                 RunningRun(a.run_id, a.job_id, a.block, a.task, a.attempt, a.capacity, a.memory_mb)
                 for a in (self.running[run_id] for run_id in sorted(self.running))
@@ -98,7 +104,7 @@ class VirtualWorker(MessageRouter):
             ctx.send(self._render, Goodbye(ctx.next_id(), self.info.name))
 
     def _on_assign(self, msg: Assign, ctx: Context) -> None:
-        if not self.up:
+        if not (self.up and self.welcomed):
             return
         self.running[msg.run_id] = msg
         self._started[msg.run_id] = ctx.now  # reported with the finish: no TaskStarted message on this clock

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from farmhand.core.messages import Message, RunRecord, SubmitJob, Tick
+from farmhand.core.messages import Assign, Message, RunRecord, SubmitJob, TaskFinished, Tick, Welcome
 from farmhand.core.policies import make_policy
 from farmhand.core.registry import Registry
 from farmhand.core.render import RenderBehaviour
@@ -213,3 +213,21 @@ def test_a_late_report_of_an_old_attempt_is_ignored() -> None:
     assert done.finish_time == pytest.approx(lost.finish_time + 60.0)
     # worker a finished its (old) run at 60.5 and reported it: nothing was recorded for it
     assert Counter(r.state for r in records) == {"lost": 1, "done": 1}
+
+
+def test_a_virtual_worker_runs_nothing_sent_before_the_render_welcomed_its_hello() -> None:
+    """As a real worker: an assignment that crossed a (re)connection's hello is not run (the render declares
+    it lost on reading the hello, and its job runs it elsewhere)."""
+    rt = SimRuntime(seed=1)
+    sent: list[Message] = []
+    rt.sink("render/w", lambda _to, m: sent.append(m))
+    worker = VirtualWorker(RenderSpec("w").info(), lambda _a: 5.0)
+    rt.spawn(worker_address("w"), worker, remote=True)
+    assign = Assign(rt.next_id(), 7, 1, 0, 0, 1, "w", "x")
+    rt.send_at(0.0, worker_address("w"), Tick(rt.next_id(), "hello"))
+    rt.send_at(1.0, worker_address("w"), assign)  # before the Welcome: dropped
+    rt.send_at(2.0, worker_address("w"), Welcome(rt.next_id(), 0, 5.0, 60.0))
+    rt.send_at(3.0, worker_address("w"), Assign(rt.next_id(), 8, 1, 0, 1, 1, "w", "x"))
+    rt.env.run(until=20.0)
+    finished = [m for m in sent if isinstance(m, TaskFinished)]
+    assert [m.run_id for m in finished] == [8] and worker.running == {}
