@@ -42,7 +42,6 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
-import yaml
 
 from farmhand.core.frames import block_tasks
 from farmhand.core.job import ACTIONS
@@ -59,7 +58,8 @@ from farmhand.core.messages import (
     SubmitJob,
 )
 from farmhand.core.runtime import REGISTRY, Address
-from farmhand.core.spec import JobSpec, SpecError, parse_job
+from farmhand.core.spec import JobSpec, SpecError
+from farmhand.jobfiles import parse_body_jobs, parse_text
 from farmhand.logs import current_level, fields, parse_level, set_level
 from farmhand.store import Store, StoreError
 
@@ -128,35 +128,6 @@ class Replies:
         if waiter is not None:
             waiter.reply = message
             waiter.event.set()
-
-
-def parse_body_jobs(body: bytes, content_type: str) -> list[JobSpec]:
-    """The job specs in a request body (JSON or YAML; one job, a list, or ``{"jobs": [...]}``); SpecError."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(["body: not UTF-8 text"]) from None
-    try:
-        data = json.loads(text) if "json" in content_type else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError([f"body:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})"]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([f"body: invalid YAML ({getattr(exc, 'problem', None) or exc})"]) from None
-    if isinstance(data, dict) and "jobs" in data and "blocks" not in data:
-        data = data["jobs"]
-    items = data if isinstance(data, list) else [data]
-    if not items:
-        raise SpecError(["body: no job"])
-    specs: list[JobSpec] = []
-    problems: list[str] = []
-    for i, item in enumerate(items):
-        try:
-            specs.append(parse_job(item, where=f"jobs[{i}]" if isinstance(data, list) else ""))
-        except SpecError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise SpecError(problems)
-    return specs
 
 
 def detail_to_json(detail: JobDetail, with_tasks: bool = True) -> dict[str, Any]:
@@ -258,11 +229,14 @@ class ClientApi:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no job {job_id}")
         block, tasks = self._selection(job_id, body)
         value = body.get("value", 0)
-        if action == "priority" and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"value: must be an integer 0-255 (got {value!r})"])
+        if action == "priority":
+            if "value" not in body:
+                raise _bad_action("value: is required (the new priority, 0-255)")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+                raise _bad_action(f"value: must be an integer 0-255 (got {_shown(value)})")
         downstream, errors_only = body.get("downstream", False), body.get("errors_only", False)
         if not isinstance(downstream, bool) or not isinstance(errors_only, bool):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", ["downstream, errors_only: must be true or false"])
+            raise _bad_action("downstream, errors_only: must be true or false")
 
         def make(mid: int) -> JobAction:
             return JobAction(mid, job_id, action, actor, REPLY_ADDRESS, block, tasks, downstream, errors_only, value)
@@ -278,28 +252,31 @@ class ClientApi:
         raise ApiError(HTTPStatus.BAD_REQUEST, reply.reason, [reply.reason])
 
     def _selection(self, job_id: int, body: dict[str, Any]) -> tuple[int, tuple[int, ...]]:
-        block = body.get("block", -1)
+        block = body.get("block")  # absent or null: every block (-1 to the job)
         tasks = body.get("tasks", [])
+        if not isinstance(tasks, list):
+            raise _bad_action(f"tasks: must be a list of task indices or names (got {_shown(tasks)})")
+        for i, t in enumerate(tasks):
+            if isinstance(t, bool) or not isinstance(t, int | str) or (isinstance(t, int) and t < 0):
+                raise _bad_action(f"tasks[{i}]: must be a task index (0 or more) or name (got {_shown(t)})")
         if block is None:
             block = -1
-        if not isinstance(tasks, list) or not all(isinstance(t, int | str) and not isinstance(t, bool) for t in tasks):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", ["tasks: must be a list of task indices or names"])
-        if isinstance(block, bool) or not isinstance(block, int | str):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", ["block: must be a block index or name"])
+        elif isinstance(block, bool) or not isinstance(block, int | str) or (isinstance(block, int) and block < 0):
+            raise _bad_action(f"block: must be a block index (0 or more) or name (got {_shown(block)})")
         if isinstance(block, int) and all(isinstance(t, int) for t in tasks):
             return block, tuple(tasks)
         detail = self._query(job_id, -1, -1, 0)
         if isinstance(block, str):
             found = _block_index(detail, block)
             if found is None:
-                raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"block: no block {block!r} in job {job_id}"])
+                raise _bad_action(f"block: no block {block!r} in job {job_id}")
             block = found
         chosen = []
         for t in tasks:
             if isinstance(t, str):
                 found = _task_index(detail, block, t)
                 if found is None:
-                    raise ApiError(HTTPStatus.BAD_REQUEST, "bad action", [f"tasks: no task {t!r} in block {block}"])
+                    raise _bad_action(f"tasks: no task {t!r} in block {block}")
                 t = found
             chosen.append(t)
         return block, tuple(chosen)
@@ -414,9 +391,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not raw.strip():
             return {}
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", [f"body: invalid JSON ({exc})"]) from None
+            data = parse_text(raw.decode("utf-8"), "body", json_only=True)
+        except UnicodeDecodeError as exc:
+            problem = f"body: not UTF-8 text (byte {exc.start})"
+            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", [problem]) from None
+        except SpecError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", exc.problems) from None
         if not isinstance(data, dict):
             raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", ["body: must be a JSON object"])
         return data
@@ -466,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
             if len(route) == 2 and method == "GET":
                 lines = _int_param(query, "lines", 20)
                 detail = api.detail(job_id, query.get("block"), query.get("task"), lines)
-                self._send(HTTPStatus.OK, detail_to_json(detail, query.get("tasks", "1") not in ("0", "false")))
+                self._send(HTTPStatus.OK, detail_to_json(detail, _flag_param(query, "tasks", True)))
             elif len(route) == 2 and method == "DELETE":
                 self._send(HTTPStatus.OK, {"detail": api.act(actor, job_id, "delete", {})})
             elif len(route) == 3 and route[2] == "runs" and method == "GET":
@@ -490,19 +470,46 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {method} {url.path}")
 
 
+def _shown(value: Any, most: int = 60) -> str:
+    """A value as a problem line shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _bad_action(problem: str) -> ApiError:
+    return ApiError(HTTPStatus.BAD_REQUEST, "bad action", [problem])
+
+
+#: the largest id the store can hold (SQLite's integers are 64-bit)
+MAX_ID = 2**63 - 1
+
+
 def _job_id(text: str) -> int:
-    if not text.isdigit():
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"job id: must be a number (got {text!r})")
+    if not (text.isascii() and text.isdigit()):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"job id: must be a number (got {text[:40]!r})")
+    if len(text) > 19 or int(text) > MAX_ID:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no job {text[:40]}{'...' if len(text) > 40 else ''}")
     return int(text)
 
 
-def _int_param(query: dict[str, str], name: str, default: int) -> int:
+def _int_param(query: dict[str, str], name: str, default: int, most: int = 1_000_000) -> int:
     value = query.get(name)
     if value is None:
         return default
-    if not value.isdigit():
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: must be a number (got {value!r})")
+    if not (value.isascii() and value.isdigit()) or len(value) > 7 or int(value) > most:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: must be a whole number 0-{most} (got {value[:40]!r})")
     return int(value)
+
+
+def _flag_param(query: dict[str, str], name: str, default: bool) -> bool:
+    value = query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: must be 1 or 0 (got {value[:40]!r})")
 
 
 def runs_csv_text(store: Store) -> str:

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -198,3 +199,48 @@ def test_requests_beyond_the_cap_are_refused_503_and_served_again_once_free(farm
         for s in holders:
             s.close()
         api.stop()
+
+
+def test_bad_input_is_a_400_or_404_naming_the_problem_and_changes_nothing(farm: Farm) -> None:
+    ann = farm.client("ann")
+    job_id = submit(ann, job_spec(frames=3, paused=True))
+    before = ann.job(job_id)
+
+    def refused(status: int, method: str, path: str, body: Any = None, raw: bytes | None = None) -> list[str]:
+        with pytest.raises(ApiError) as err:
+            ann.request(method, path, body, raw=raw)
+        assert err.value.status == status, (method, path, err.value)
+        return err.value.problems
+
+    # a negative block is not "every block", a priority needs its value
+    assert refused(400, "POST", f"/api/jobs/{job_id}/skip", {"block": -1}) == [
+        "block: must be a block index (0 or more) or name (got -1)"]
+    assert refused(400, "POST", f"/api/jobs/{job_id}/restart", {"block": 0, "tasks": [0, -2]}) == [
+        "tasks[1]: must be a task index (0 or more) or name (got -2)"]
+    assert refused(400, "POST", f"/api/jobs/{job_id}/priority", {}) == ["value: is required (the new priority, 0-255)"]
+    assert refused(400, "POST", f"/api/jobs/{job_id}/priority", {"value": 300}) == [
+        "value: must be an integer 0-255 (got 300)"]
+    # documents that cannot be read: a number of thousands of digits, nesting thousands deep, a lone surrogate
+    problems = refused(400, "POST", "/api/jobs", raw=b"1" * 5000)
+    assert problems[0].startswith("body: cannot read a value")
+    assert refused(400, "POST", "/api/jobs", raw=b"[" * 100_000) == ["body: nested too deeply to read"]
+    surrogate = b'{"name": "j\\ud800", "blocks": []}'
+    assert refused(400, "POST", "/api/jobs", raw=surrogate) == [
+        "body: name: text that is not valid Unicode (a lone surrogate)"]
+    assert refused(400, "POST", f"/api/jobs/{job_id}/restart", raw=b"1" * 5000)[0].startswith("body: cannot read")
+    assert refused(400, "POST", "/api/jobs", {"jobs": 5}) == ["jobs: must be a list of jobs (got int)"]
+    assert refused(400, "POST", "/api/jobs", {"jobs": [], "extra": 1}) == [
+        "extra: unknown key (beside a list of jobs, only jobs)"]
+    # ids and query values out of range
+    refused(404, "POST", "/api/jobs/99999999999999999999999/pause", {})
+    refused(404, "GET", "/api/jobs/" + "9" * 5000)
+    refused(400, "GET", f"/api/jobs/{job_id}?tasks=maybe")
+    refused(400, "GET", f"/api/jobs/{job_id}?lines=-1")
+    # user names must be printable text
+    for name in ("a\ud800", "a\u0000b"):
+        with pytest.raises(ApiError) as err:
+            farm.admin.request("POST", "/api/admin/users", raw=json.dumps({"name": name}).encode())
+        assert err.value.status == 400
+    after = ann.job(job_id)
+    assert (after["priority"], after["state"]) == (before["priority"], before["state"]) == (99, "paused")
+    assert [t["state"] for t in after["tasks"]] == [t["state"] for t in before["tasks"]]
