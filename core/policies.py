@@ -138,6 +138,8 @@ class Weighted(Policy):
     grouped = True
 
     def __init__(self, half_life_s: float = 3600.0) -> None:
+        if isinstance(half_life_s, bool) or not isinstance(half_life_s, int | float):
+            raise ValueError(f"half_life_s: must be a number of seconds (got {half_life_s!r})")
         if not half_life_s > 0:
             raise ValueError(f"half_life_s must be > 0 (got {half_life_s})")
         self.half_life_s = float(half_life_s)

@@ -78,7 +78,7 @@ def cmd_policies(args: argparse.Namespace) -> int:
 
 def cmd_local(args: argparse.Namespace) -> int:
     from farmhand.local import run_local
-    from farmhand.output import write_summary, write_tasks_csv
+    from farmhand.output import prepare_out, write_summary, write_tasks_csv
     from farmhand.progress import ProgressLine
 
     if args.renders < 1:
@@ -86,6 +86,10 @@ def cmd_local(args: argparse.Namespace) -> int:
     if not args.task_seconds >= 0:
         raise UsageError(f"--task-seconds: must be >= 0 (got {args.task_seconds})")
     specs = _load_all(args.files)
+    try:
+        prepare_out(Path(args.out))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     policy = _policy(args)
     total = sum(len(block_tasks(b)) for s in specs for b in s.blocks)
     bar = ProgressLine(total, "local", enabled=not args.quiet)

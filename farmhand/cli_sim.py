@@ -274,15 +274,6 @@ def _check_capacity(workload: Any) -> None:
         raise WorkloadError(["--render-capacity: must be >= 1"])
 
 
-def prepare_out(path: Path, option: str = "--out") -> None:
-    """Create the output folder before anything runs, so a bad ``--out`` is a usage error, not a crash at the end
-    of a long run (``_OptionError`` naming the option)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _OptionError(f"{option}: cannot create the folder {str(path)!r} ({exc.strerror or exc})") from None
-
-
 def _check_counts(args: argparse.Namespace) -> None:
     if args.renders is not None and args.renders < 1:
         raise _OptionError(f"--renders: must be >= 1 (got {args.renders})")
@@ -301,7 +292,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     """Run ``farmhand sim``; returns the exit code."""
-    from farmhand.output import write_summary, write_tasks_csv
+    from farmhand.output import prepare_out, write_summary, write_tasks_csv
     from farmhand.policy_loader import load_policy, parse_options
     from farmhand.progress import ProgressLine
     from farmhand.sim.run import run_sim

@@ -86,7 +86,7 @@ class _Usage(Exception):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run ``farmhand sweep``; returns the exit code."""
-    from farmhand.cli_sim import prepare_out
+    from farmhand.output import prepare_out
     from farmhand.progress import ProgressLine
     from farmhand.sim.sweep import (
         OPTIONS,

@@ -61,6 +61,9 @@ class ApiClient:
     """Calls the client API with a bearer token; every method returns the decoded JSON or raises ApiError."""
 
     def __init__(self, url: str = DEFAULT_API, token: str | None = None, timeout: float = 30.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ApiError(0, f"server URL {url!r} (--api or FARMHAND_API): must be http://HOST:PORT")
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout

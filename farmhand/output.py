@@ -12,6 +12,15 @@ from farmhand.core.messages import RunRecord
 from farmhand.core.records import CSV_COLUMNS, csv_row, sort_records
 
 
+def prepare_out(path: Path, option: str = "--out") -> None:
+    """Create the output folder before anything runs, so a bad ``--out`` is a usage error, not a crash at the end
+    of a long run (``ValueError`` naming the option)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{option}: cannot create the folder {str(path)!r} ({exc.strerror or exc})") from None
+
+
 def write_tasks_csv(path: Path, records: Iterable[RunRecord]) -> int:
     """Write ``tasks.csv`` (sorted as the contract says); returns the number of rows."""
     rows = sort_records(records)

@@ -51,4 +51,6 @@ def load_policy(name: str, options: dict[str, Any] | None = None) -> Policy:
         policy: Policy = cls(**options)
     except TypeError as exc:
         raise ValueError(f"policy {name!r}: bad options {options} ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"policy {name!r}: {exc}") from None
     return policy

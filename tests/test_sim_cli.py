@@ -99,6 +99,8 @@ def test_workload_file_and_swf(tmp_path: Path) -> None:
         (["--loss", "2"], "loss: must be >= 0 and < 1"),
         (["--policy", "nope"], "unknown policy 'nope'"),
         (["--priorities", "5-300"], "--priorities: must be 0 <= low <= high <= 255"),
+        (["--policy", "weighted", "--policy-option", "half_life_s=abc"],
+         "policy 'weighted': half_life_s: must be a number of seconds (got 'abc')"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(
@@ -184,3 +186,23 @@ def test_same_seed_same_tasks_csv_across_processes_and_hash_seeds(tmp_path: Path
         assert done.returncode == 0, done.stderr
         outputs.append((out / "tasks.csv").read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_farmhand_local_checks_its_output_folder_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from farmhand.cli import main as farmhand
+
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"name": "j", "blocks": [{"name": "b", "command": "x", "frames": {"first": 1, "last": 2}}]}))
+    (tmp_path / "file").write_text("")
+    assert farmhand(["local", str(job), "--out", str(tmp_path / "file" / "out"), "--quiet"]) == 2
+    assert f"farmhand local: --out: cannot create the folder '{tmp_path / 'file' / 'out'}'" in capsys.readouterr().err
+
+
+def test_a_server_url_that_is_not_http_is_refused_by_name() -> None:
+    from farmhand.client import ApiClient, ApiError
+
+    with pytest.raises(ApiError) as err:
+        ApiClient("notaurl")
+    assert "server URL 'notaurl' (--api or FARMHAND_API): must be http://HOST:PORT" in str(err.value.lines())
