@@ -194,7 +194,8 @@ def test_farmhand_local_checks_its_output_folder_before_running(
     from farmhand.cli import main as farmhand
 
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"name": "j", "blocks": [{"name": "b", "command": "x", "frames": {"first": 1, "last": 2}}]}))
+    block = {"name": "b", "command": "x", "frames": {"first": 1, "last": 2}}
+    job.write_text(json.dumps({"name": "j", "blocks": [block]}))
     (tmp_path / "file").write_text("")
     assert farmhand(["local", str(job), "--out", str(tmp_path / "file" / "out"), "--quiet"]) == 2
     assert f"farmhand local: --out: cannot create the folder '{tmp_path / 'file' / 'out'}'" in capsys.readouterr().err
