@@ -253,11 +253,13 @@ def _workload(args: argparse.Namespace) -> Any:
         biggest = max(b.capacity for j in workload.jobs for b in j.spec.blocks)
         capacity = args.render_capacity or biggest
         count = args.renders
+        source = "option"
         if count is None:
             size = swf_machine_size(workload)
             count = max(1, math.ceil(size / capacity)) if size else 500
+            source = "trace header (MaxProcs or MaxNodes)" if size else "default (no usable MaxProcs/MaxNodes header)"
         workload.renders = default_renders(workload, count, capacity)
-        workload.scenario["renders_from"] = "option" if args.renders is not None else "header MaxProcs"
+        workload.scenario["renders_from"] = source
         _check_capacity(workload)
         return workload
     return generate(generator_options(args), seed=args.seed)

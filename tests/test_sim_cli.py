@@ -83,7 +83,13 @@ def test_workload_file_and_swf(tmp_path: Path) -> None:
     assert main(["--swf", str(swf), "--out", str(tmp_path / "s"), "--quiet", "--policy", "fifo"]) == 0
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["renders"] == 2  # MaxProcs 16 / 8 per render
+    assert summary["scenario"]["renders_from"] == "trace header (MaxProcs or MaxNodes)"
     assert summary["tasks_done"] == 3 and summary["makespan_s"] == pytest.approx(20.0)
+    swf.write_text(swf.read_text().replace("MaxProcs: 16", "MaxProcs: abc"))  # unusable: the default, said so
+    assert main(["--swf", str(swf), "--out", str(tmp_path / "s"), "--quiet", "--policy", "fifo"]) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["renders"] == 500
+    assert summary["scenario"]["renders_from"] == "default (no usable MaxProcs/MaxNodes header)"
 
 
 @pytest.mark.parametrize(
