@@ -827,16 +827,21 @@ class JobBehaviour(MessageRouter):
             output = self.blocks[msg.block].tasks[msg.task].output[-lines:] if lines else ()
         blocks = []
         tasks = []
+        first = max(0, msg.first_task)
+        end = self.total_tasks if msg.task_limit < 0 else min(self.total_tasks, first + msg.task_limit)
+        at = 0  # the index of a block's first task among the job's tasks
         for b in self.blocks:
             counts = dict.fromkeys(STATE_NAMES, 0)
             for t in b.tasks:
                 counts[STATE_NAMES[t.state]] += 1
+            for t in b.tasks[max(0, first - at) : max(0, end - at)]:
                 tasks.append(
                     TaskView(
                         b.index, t.index, t.frames.name, t.frames_text, STATE_NAMES[t.state], t.attempt, t.failures,
                         t.render, t.percent, t.run_id, t.start_time,
                     )
                 )
+            at += len(b.tasks)
             blocks.append(
                 BlockView(
                     b.index, b.spec.name, b.spec.depends_on, b.spec.depends_on_frames,
@@ -848,7 +853,7 @@ class JobBehaviour(MessageRouter):
             msg.reply_address,
             JobDetail(
                 ctx.next_id(), msg.id, self.job_id, self.spec.name, self.user, state, self.priority, self.paused,
-                self.submit_time, tuple(blocks), tuple(tasks), msg.block, msg.task, output,
+                self.submit_time, tuple(blocks), tuple(tasks), msg.block, msg.task, output, self.total_tasks, first,
             ),
         )
 

@@ -545,13 +545,19 @@ class RestoreTasks(Message, frozen=True):
 
 
 class JobQuery(Message, frozen=True):
-    """Ask a job (through the registry) for its :class:`JobDetail`; ``block``/``task`` pick whose output lines."""
+    """Ask a job (through the registry) for its :class:`JobDetail`; ``block``/``task`` pick whose output lines.
+
+    ``first_task`` and ``task_limit`` pick a window of the job's tasks (in block, then task order) for the
+    detail to list (``task_limit`` -1: all of them), so a job of a million tasks is read a page at a time.
+    """
 
     job_id: int
     reply_address: str
     block: int = -1
     task: int = -1
     lines: int = 20
+    first_task: int = 0
+    task_limit: int = -1
 
 
 class TaskView(msgspec.Struct, frozen=True, gc=False):
@@ -581,7 +587,8 @@ class BlockView(msgspec.Struct, frozen=True, gc=False):
 
 
 class JobDetail(Message, frozen=True):
-    """A job's answer to :class:`JobQuery`: its settings, blocks, tasks and the chosen task's last output lines."""
+    """A job's answer to :class:`JobQuery`: its settings, blocks, the asked window of its tasks (``tasks`` starts
+    at task ``first_task`` of ``tasks_total``) and the chosen task's last output lines."""
 
     reply_to: int
     job_id: int
@@ -596,6 +603,8 @@ class JobDetail(Message, frozen=True):
     output_block: int = -1
     output_task: int = -1
     output: tuple[str, ...] = ()
+    tasks_total: int = 0
+    first_task: int = 0
 
 
 def message_types() -> dict[str, type[Message]]:

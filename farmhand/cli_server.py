@@ -115,7 +115,9 @@ def cmd_job(args: argparse.Namespace) -> int:
     """``farmhand job ID``: the job's blocks and tasks, and the last output lines of one task."""
 
     def run() -> int:
-        d = _client(args).job(args.id, args.block, args.task, args.lines, tasks=not args.brief)
+        d = _client(args).job(
+            args.id, args.block, args.task, args.lines, tasks=not args.brief, offset=args.offset, limit=args.limit
+        )
         if args.json:
             _print_json(d)
             return EXIT_OK
@@ -136,6 +138,11 @@ def cmd_job(args: argparse.Namespace) -> int:
                 frames = f" frames {t['frames']}" if t["frames"] and t["frames"] != t["name"] else ""
                 attempt = f" attempt {t['attempt']}" if t["attempt"] else ""
                 print(f"    {t['name']:<12}{frames} {t['state']}{pct}{attempt}{where}")
+        shown = len(d.get("tasks", []))
+        if not args.brief and shown < d["tasks_total"]:
+            first = d["first_task"]
+            span = f"tasks {first + 1}-{first + shown}" if shown else "no task"
+            print(f"  ({span} of {d['tasks_total']} shown: --offset and --limit page through them)")
         if args.block is not None:
             print(f"  output of {args.block}/{args.task} (last {len(d['output'])} lines):")
             for line in d["output"]:
@@ -326,6 +333,8 @@ def add_server_parsers(subparsers: Any) -> None:
     p.add_argument("--task", help="task (name or index) whose output to show")
     p.add_argument("--lines", type=int, default=20, help="output lines to show (default 20)")
     p.add_argument("--brief", action="store_true", help="blocks only, no task list")
+    p.add_argument("--offset", type=int, default=0, help="list tasks from this one (0 = the first; default 0)")
+    p.add_argument("--limit", type=int, default=None, help="list at most this many tasks (default: the server's, 1000)")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=cmd_job)
 

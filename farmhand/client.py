@@ -115,9 +115,17 @@ class ApiClient:
         return result
 
     def job(
-        self, job_id: int, block: str | None = None, task: str | None = None, lines: int = 20, tasks: bool = True
+        self,
+        job_id: int,
+        block: str | None = None,
+        task: str | None = None,
+        lines: int = 20,
+        tasks: bool = True,
+        offset: int = 0,
+        limit: int | None = None,
     ) -> dict[str, Any]:
-        """A job's detail, with the last output lines of one task if ``block`` and ``task`` are given."""
+        """A job's detail, with the last output lines of one task if ``block`` and ``task`` are given; the task
+        list holds ``limit`` tasks (the server's default page when None) from task ``offset``."""
         params: dict[str, Any] = {"lines": lines}
         if block is not None:
             params["block"] = block
@@ -125,6 +133,10 @@ class ApiClient:
             params["task"] = task
         if not tasks:
             params["tasks"] = 0
+        if offset:
+            params["offset"] = offset
+        if limit is not None:
+            params["limit"] = limit
         result: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}?{urllib.parse.urlencode(params)}")
         return result
 

@@ -8,9 +8,11 @@ Endpoints (JSON in, JSON out; errors are ``{"error": "...", "problems": [...]}``
 ``POST /api/jobs``                          submit a job (or a list, or ``{"jobs": [...]}``), JSON or YAML body;
                                             ``{"jobs": [ids]}``; 400 with the problems; 403 for another owner
 ``GET  /api/jobs[?user=NAME]``              jobs with their task counts (from the store)
-``GET  /api/jobs/ID[?block=B&task=T&lines=N&tasks=0]``
+``GET  /api/jobs/ID[?block=B&task=T&lines=N&tasks=0&offset=K&limit=N]``
                                             blocks, tasks, states, renders, the last N output lines of task T of
-                                            block B (index or name); ``tasks=0`` leaves the task list out
+                                            block B (index or name); ``tasks=0`` leaves the task list out;
+                                            the list holds ``limit`` tasks (default 1000, at most 100000) from
+                                            task ``offset``, of ``tasks_total``
 ``GET  /api/jobs/ID/runs``                  the job's runs (the ``tasks.csv`` rows) as JSON
 ``POST /api/jobs/ID/ACTION``                ``pause`` ``resume`` ``delete`` ``restart`` ``skip`` ``priority``; body
                                             ``{"block", "tasks", "downstream", "errors_only", "value"}``;
@@ -139,7 +141,8 @@ def detail_to_json(detail: JobDetail, with_tasks: bool = True) -> dict[str, Any]
     for b in data["blocks"]:
         b["counts"] = dict(b["counts"])
     if not with_tasks:
-        data.pop("tasks")
+        for key in ("tasks", "first_task"):
+            data.pop(key)
     return data
 
 
@@ -202,17 +205,28 @@ class ClientApi:
             log.info("job accepted", extra=fields(job=job_id, user=owner, name=spec.name, tasks=total))
         return accepted
 
-    def detail(self, job_id: int, block: str | None = None, task: str | None = None, lines: int = 20) -> JobDetail:
-        """A job's detail from its actor; ``block``/``task`` (index or name) pick the output lines."""
+    def detail(
+        self,
+        job_id: int,
+        block: str | None = None,
+        task: str | None = None,
+        lines: int = 20,
+        first_task: int = 0,
+        task_limit: int = -1,
+    ) -> JobDetail:
+        """A job's detail from its actor; ``block``/``task`` (index or name) pick the output lines, ``first_task``
+        and ``task_limit`` (-1: all) the window of tasks listed."""
         b_index, t_index = -1, -1
         if block is not None or task is not None:
             if block is None or task is None:
                 raise ApiError(HTTPStatus.BAD_REQUEST, "output: give both block and task")
             b_index, t_index = _resolve_task(self._query(job_id, -1, -1, 0), block, task)
-        return self._query(job_id, b_index, t_index, lines)
+        return self._query(job_id, b_index, t_index, lines, first_task, task_limit)
 
-    def _query(self, job_id: int, block: int, task: int, lines: int) -> JobDetail:
-        reply = self.ask(lambda mid: JobQuery(mid, job_id, REPLY_ADDRESS, block, task, lines))
+    def _query(
+        self, job_id: int, block: int, task: int, lines: int, first_task: int = 0, task_limit: int = -1
+    ) -> JobDetail:
+        reply = self.ask(lambda mid: JobQuery(mid, job_id, REPLY_ADDRESS, block, task, lines, first_task, task_limit))
         if isinstance(reply, ActionRefused):
             raise ApiError(HTTPStatus.NOT_FOUND, reply.reason)
         assert isinstance(reply, JobDetail)
@@ -445,8 +459,11 @@ class _Handler(BaseHTTPRequestHandler):
             job_id = _job_id(route[1])
             if len(route) == 2 and method == "GET":
                 lines = _int_param(query, "lines", 20)
-                detail = api.detail(job_id, query.get("block"), query.get("task"), lines)
-                self._send(HTTPStatus.OK, detail_to_json(detail, _flag_param(query, "tasks", True)))
+                with_tasks = _flag_param(query, "tasks", True)
+                first = _int_param(query, "offset", 0, MAX_ID)
+                limit = _int_param(query, "limit", DEFAULT_TASK_LIMIT, MAX_TASK_LIMIT) if with_tasks else 0
+                detail = api.detail(job_id, query.get("block"), query.get("task"), lines, first, limit)
+                self._send(HTTPStatus.OK, detail_to_json(detail, with_tasks))
             elif len(route) == 2 and method == "DELETE":
                 self._send(HTTPStatus.OK, {"detail": api.act(actor, job_id, "delete", {})})
             elif len(route) == 3 and route[2] == "runs" and method == "GET":
@@ -482,6 +499,9 @@ def _bad_action(problem: str) -> ApiError:
 
 #: the largest id the store can hold (SQLite's integers are 64-bit)
 MAX_ID = 2**63 - 1
+#: tasks a job's detail lists unless ``limit`` says otherwise, and the most it lists at once
+DEFAULT_TASK_LIMIT = 1000
+MAX_TASK_LIMIT = 100_000
 
 
 def _job_id(text: str) -> int:
@@ -496,7 +516,7 @@ def _int_param(query: dict[str, str], name: str, default: int, most: int = 1_000
     value = query.get(name)
     if value is None:
         return default
-    if not (value.isascii() and value.isdigit()) or len(value) > 7 or int(value) > most:
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(most)) or int(value) > most:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: must be a whole number 0-{most} (got {value[:40]!r})")
     return int(value)
 

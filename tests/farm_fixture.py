@@ -95,6 +95,16 @@ class Farm:
         rt.spawn(worker_address(name), ScriptedWorker(info, seconds, **kw))
         rt.send(worker_address(name), Tick(rt.next_id(), "hello"))
 
+    def wait_runs(self, job_id: int, count: int, timeout: float = 10.0) -> None:
+        """Wait until the store holds ``count`` runs of the job (after an action, the store hears of its effects
+        a moment later: a job restarted from done may still be listed done)."""
+        deadline = time.monotonic() + timeout
+        while len(self.admin.runs(job_id)) < count:
+            if time.monotonic() > deadline:
+                have = len(self.admin.runs(job_id))
+                raise AssertionError(f"job {job_id} has {have} runs, not {count}, after {timeout} s")
+            time.sleep(0.05)
+
     def wait_job(self, job_id: int, states: tuple[str, ...] = ("done",), timeout: float = 10.0) -> dict[str, Any]:
         """Wait until the store lists the job in one of ``states``; returns its row."""
         deadline = time.monotonic() + timeout

@@ -50,6 +50,7 @@ def test_submit_list_show_act_and_export(farm: Farm, tmp_path: Path, capsys: pyt
     assert farmhand("priority", "1", "7") == 0 and capsys.readouterr().out == "job 1: priority 7\n"
     assert farmhand("restart", "1", "--block", "render", "--tasks", "1,2") == 0
     assert capsys.readouterr().out == "job 1: restarted 2 task(s)\n"
+    farm.wait_runs(1, 6)
     farm.wait_job(1)
     assert farmhand("renders") == 0 and "r1" in capsys.readouterr().out
     assert farmhand("export-runs", "--out", str(tmp_path / "api.csv")) == 0

@@ -115,6 +115,7 @@ def test_actions_change_the_job(farm: Farm) -> None:
     assert row["priority"] == 200 and not row["paused"]
     assert row["counts"] == {"done": 4, "skipped": 2, "pending": 0}
     assert ann.action(job_id, "restart", block=1, downstream=True) == "restarted 3 task(s)"
+    farm.wait_runs(job_id, 4 + 3)
     farm.wait_job(job_id)
     assert len(ann.runs(job_id)) == 4 + 3
     for bad, status in (({"value": "high"}, 400), ({"colour": 1}, 400), ({"block": "nope"}, 400),
@@ -244,3 +245,19 @@ def test_bad_input_is_a_400_or_404_naming_the_problem_and_changes_nothing(farm: 
     after = ann.job(job_id)
     assert (after["priority"], after["state"]) == (before["priority"], before["state"]) == (99, "paused")
     assert [t["state"] for t in after["tasks"]] == [t["state"] for t in before["tasks"]]
+
+
+def test_a_jobs_task_list_comes_a_page_at_a_time(farm: Farm) -> None:
+    ann = farm.client("ann")
+    job_id = submit(ann, job_spec(frames=3, paused=True))
+    whole = ann.job(job_id)
+    total = whole["tasks_total"]
+    assert total == len(whole["tasks"]) > 3 and whole["first_task"] == 0
+    page = ann.job(job_id, offset=2, limit=3)
+    assert (page["first_task"], page["tasks_total"]) == (2, total)
+    assert page["tasks"] == whole["tasks"][2:5]  # across the blocks, in block then task order
+    assert ann.job(job_id, offset=total + 5)["tasks"] == []
+    assert ann.job(job_id, limit=0)["tasks"] == [] and "tasks" not in ann.job(job_id, tasks=False)
+    with pytest.raises(ApiError) as err:
+        ann.job(job_id, limit=100_001)
+    assert err.value.status == 400 and "limit: must be a whole number 0-100000" in err.value.error
