@@ -47,6 +47,8 @@ def test_submit_list_show_act_and_export(farm: Farm, tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     assert "job 1 'shot': user admin, done, priority 99" in out
     assert "block render after prep (frames): 2 done" in out and "| bye" in out
+    assert farmhand("job", "1", "--offset", "1", "--limit", "2") == 0
+    assert "(tasks 2-3 of 4 shown: --offset and --limit page through them)" in capsys.readouterr().out
     assert farmhand("priority", "1", "7") == 0 and capsys.readouterr().out == "job 1: priority 7\n"
     assert farmhand("restart", "1", "--block", "render", "--tasks", "1,2") == 0
     assert capsys.readouterr().out == "job 1: restarted 2 task(s)\n"
