@@ -284,7 +284,11 @@ class _Parser:
         return value
 
     def name(self, place: str, value: object) -> str | None:
-        return self.str_(place, value, max_length=MAX_NAME_LENGTH)
+        name = self.str_(place, value, max_length=MAX_NAME_LENGTH)
+        if name is not None and not name.isprintable():
+            self.add(place, f"must be printable text, without control characters (got {_got(value)})")
+            return None
+        return name
 
     def bool_(self, place: str, value: object) -> bool | None:
         if not isinstance(value, bool):

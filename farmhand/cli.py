@@ -18,6 +18,8 @@ from farmhand.jobfiles import load_jobs
 from farmhand.policy_loader import load_policy, parse_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MAX_LOCAL_RENDERS = 1000
+MAX_LOCAL_TASK_SECONDS = 3600.0
 
 
 class UsageError(Exception):
@@ -81,10 +83,11 @@ def cmd_local(args: argparse.Namespace) -> int:
     from farmhand.output import prepare_out, write_summary, write_tasks_csv
     from farmhand.progress import ProgressLine
 
-    if args.renders < 1:
-        raise UsageError(f"--renders: must be >= 1 (got {args.renders})")
-    if not args.task_seconds >= 0:
-        raise UsageError(f"--task-seconds: must be >= 0 (got {args.task_seconds})")
+    # an in-process farm: one actor (one thread) per render, tasks that really wait
+    if not 1 <= args.renders <= MAX_LOCAL_RENDERS:
+        raise UsageError(f"--renders: must be 1-{MAX_LOCAL_RENDERS} (got {args.renders})")
+    if not 0 <= args.task_seconds <= MAX_LOCAL_TASK_SECONDS:
+        raise UsageError(f"--task-seconds: must be 0-{MAX_LOCAL_TASK_SECONDS:g} (got {args.task_seconds})")
     specs = _load_all(args.files)
     try:
         prepare_out(Path(args.out))

@@ -371,6 +371,28 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http " + format % args, extra=fields(client=self.client_address[0]))
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The server's own refusals (an unknown method, a malformed request line, headers too long) in JSON,
+        like every other answer of the API, instead of the standard library's HTML page."""
+        try:
+            reason = message or HTTPStatus(code).phrase
+        except ValueError:
+            reason = message or "error"
+        self.close_connection = True
+        body = (json.dumps({"error": reason, "problems": [explain] if explain else []}) + "\n").encode("utf-8")
+        try:
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            if code == HTTPStatus.NOT_IMPLEMENTED:
+                self.send_header("Allow", "GET, POST, DELETE")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
+        except OSError:
+            pass
+
     def do_GET(self) -> None:
         self._serve("GET")
 

@@ -261,3 +261,10 @@ def test_a_jobs_task_list_comes_a_page_at_a_time(farm: Farm) -> None:
     with pytest.raises(ApiError) as err:
         ann.job(job_id, limit=100_001)
     assert err.value.status == 400 and "limit: must be a whole number 0-100000" in err.value.error
+
+
+def test_the_servers_own_refusals_are_json_too(farm: Farm) -> None:
+    for method in ("PUT", "PATCH", "FOO"):
+        with pytest.raises(ApiError) as err:  # the client decodes the JSON body into the error
+            farm.admin.request(method, "/api/jobs")
+        assert err.value.status == 501 and "Unsupported method" in err.value.error, method

@@ -66,3 +66,9 @@ def test_a_request_body_reads_the_same_way() -> None:
     with pytest.raises(SpecError) as err:
         parse_body_jobs(b"name: j\nname: k\n", "application/yaml")
     assert err.value.problems[0].startswith("body:2:1: invalid YAML (key 'name' given twice")
+
+
+def test_names_must_be_printable(tmp_path: Path) -> None:
+    path = tmp_path / "nul.json"
+    path.write_text(json.dumps({**GOOD, "name": "a\u0000b"}))
+    assert problems_of(path) == [f"{path}: name: must be printable text, without control characters (got 'a\\x00b')"]

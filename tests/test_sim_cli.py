@@ -205,6 +205,10 @@ def test_farmhand_local_checks_its_output_folder_before_running(
     (tmp_path / "file").write_text("")
     assert farmhand(["local", str(job), "--out", str(tmp_path / "file" / "out"), "--quiet"]) == 2
     assert f"farmhand local: --out: cannot create the folder '{tmp_path / 'file' / 'out'}'" in capsys.readouterr().err
+    for option, value, message in (("--renders", "100000000", "--renders: must be 1-1000 (got 100000000)"),
+                                   ("--task-seconds", "1e308", "--task-seconds: must be 0-3600 (got 1e+308)")):
+        assert farmhand(["local", str(job), option, value, "--out", str(tmp_path / "o"), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_a_server_url_that_is_not_http_is_refused_by_name() -> None:

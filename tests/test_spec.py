@@ -701,7 +701,11 @@ def test_canonical_dict_is_independent_of_how_the_spec_was_written() -> None:
     assert spec_to_dict(parse_job(a)) == spec_to_dict(parse_job(b))
 
 
-names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=8)
+names = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp"]).filter(str.isprintable),
+    min_size=1,
+    max_size=8,
+)
 regexes = st.sampled_from([None, "r.*", "a|b", "[0-9]+"])
 caps = st.none() | st.integers(1, 100)
 task_frames = st.integers(0, 9) | st.just([1, 3]) | st.just({"first": 2, "last": 8, "step": 3})
