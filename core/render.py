@@ -50,6 +50,7 @@ class RenderBehaviour(MessageRouter):
         self.state = OFFLINE
         self.paused = False
         self.last_seen = 0.0
+        self.zombie_at = 0.0  # when the pending zombie timer fires
         self.runs: dict[int, RunningRun | Assign] = {}
         self.lost_count = 0
         self._worker = worker_address(name)
@@ -71,8 +72,12 @@ class RenderBehaviour(MessageRouter):
     def _arm(self, ctx: Context) -> None:
         """A hello: the render is seen now, and its zombie deadline starts."""
         self.last_seen = ctx.now
+        self._set_zombie_timer(ctx.now + self.zombie_s, ctx)
+
+    def _set_zombie_timer(self, at: float, ctx: Context) -> None:
         if self.watch:
-            ctx.set_timer("zombie", ctx.now + self.zombie_s, Tick(ctx.next_id(), "zombie"))
+            self.zombie_at = at
+            ctx.set_timer("zombie", at, Tick(ctx.next_id(), "zombie"))
 
     def _on_hello(self, msg: Hello, ctx: Context) -> None:
         self.info = msg.info
@@ -99,8 +104,12 @@ class RenderBehaviour(MessageRouter):
             ctx.send(self._worker, Rejoin(ctx.next_id(), msg.id, "render was declared lost"))
             return
         # the deadline moves, the timer does not: when it fires it looks at last_seen and, if the render was
-        # heard from since, waits again until the new deadline (one timer per zombie time, not per heartbeat)
+        # heard from since, waits again until the new deadline (one timer per zombie time, not per heartbeat).
+        # Only a clock that stepped back (a server on wall-clock time) puts the timer beyond the new deadline:
+        # then it is set again, or a silent render would be found out late by the size of the step.
         self.last_seen = ctx.now
+        if self.zombie_at > ctx.now + self.zombie_s:
+            self._set_zombie_timer(ctx.now + self.zombie_s, ctx)
 
     def _on_tick(self, msg: Tick, ctx: Context) -> None:
         if msg.name == "zombie" and self.state != OFFLINE:
@@ -108,7 +117,7 @@ class RenderBehaviour(MessageRouter):
             if ctx.now >= deadline:
                 self._go_offline(f"no heartbeat for {self.zombie_s:g} s", ctx)
             else:
-                ctx.set_timer("zombie", deadline, Tick(ctx.next_id(), "zombie"))
+                self._set_zombie_timer(deadline, ctx)
 
     def _on_goodbye(self, msg: Goodbye, ctx: Context) -> None:
         if self.state != OFFLINE:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import reprlib
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import TypeGuard
 
@@ -207,11 +208,16 @@ class _BlockInfo(Struct):
     depends_on_frames: list[tuple[int, str]]
 
 
+#: Unicode categories a name may not hold: control characters (tabs, newlines, NUL...) and line breaks
+_CONTROL = frozenset({"Cc", "Zl", "Zp"})
+
+
 class _Parser:
     """Collects problems while turning plain data into specs; every method tolerates any input type."""
 
-    def __init__(self) -> None:
+    def __init__(self, accepted: bool = False) -> None:
         self.problems: list[str] = []
+        self.accepted = accepted
 
     def add(self, place: str, rule: str) -> None:
         self.problems.append(f"{place}: {rule}")
@@ -285,8 +291,8 @@ class _Parser:
 
     def name(self, place: str, value: object) -> str | None:
         name = self.str_(place, value, max_length=MAX_NAME_LENGTH)
-        if name is not None and not name.isprintable():
-            self.add(place, f"must be printable text, without control characters (got {_got(value)})")
+        if name is not None and not self.accepted and any(unicodedata.category(c) in _CONTROL for c in name):
+            self.add(place, f"must not contain control characters or line breaks (got {_got(value)})")
             return None
         return name
 
@@ -790,13 +796,15 @@ def _find_cycles(names: list[str], edges: dict[str, list[str]]) -> list[list[str
     return cycles
 
 
-def parse_job(data: object, where: str = "") -> JobSpec:
+def parse_job(data: object, where: str = "", accepted: bool = False) -> JobSpec:
     """Check plain data (decoded JSON/YAML) and build a :class:`JobSpec`.
 
     Raises :class:`SpecError` with every problem found, each prefixed by ``where + ": "`` when ``where``
-    (say, a file name) is given. Never raises anything else.
+    (say, a file name) is given. Never raises anything else. ``accepted``: the spec of a job the farm accepted
+    before (read back after a restart); rules added since (names without control characters) do not apply
+    to it, so nothing accepted is lost to a newer check.
     """
-    parser = _Parser()
+    parser = _Parser(accepted)
     try:
         spec = parser.job(data)
     except Exception as e:  # a safety net: malformed input must never escape as another exception

@@ -175,13 +175,13 @@ def run_demo(workers: int = 4, folder: Path | None = None, frames: int = 12, tim
 def _follow(client: ApiClient, job_id: int, timeout: float) -> int:
     """Show the job's progress until it is done or in error; returns the exit code."""
     detail = client.job(job_id)
-    total = len(detail["tasks"])
+    total = detail["tasks_total"]
     bar = ProgressLine(total, "demo", stream=sys.stdout, every_s=0.2)
     deadline = time.monotonic() + timeout
     while True:
         detail = client.job(job_id)
-        tasks = detail["tasks"]
-        done = sum(1 for t in tasks if t["state"] in ("done", "skipped"))
+        tasks = detail["tasks"]  # the first page: enough to name a few running tasks
+        done = sum(b["counts"].get("done", 0) + b["counts"].get("skipped", 0) for b in detail["blocks"])
         parts = []
         for b in detail["blocks"]:
             counts = b["counts"]

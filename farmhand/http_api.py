@@ -220,8 +220,23 @@ class ClientApi:
         if block is not None or task is not None:
             if block is None or task is None:
                 raise ApiError(HTTPStatus.BAD_REQUEST, "output: give both block and task")
-            b_index, t_index = _resolve_task(self._query(job_id, -1, -1, 0), block, task)
+            blocks = self._blocks(job_id)
+            b_index = _block_index(blocks, block)
+            if b_index is None:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"no block {block!r} in job {job_id}")
+            t_index = _task_index(self._block_page(job_id, blocks, b_index), b_index, task)
+            if t_index is None:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"no task {task!r} in block {block!r} of job {job_id}")
         return self._query(job_id, b_index, t_index, lines, first_task, task_limit)
+
+    def _blocks(self, job_id: int) -> JobDetail:
+        """A job's detail without its tasks: its blocks, to resolve a block's name."""
+        return self._query(job_id, -1, -1, 0, 0, 0)
+
+    def _block_page(self, job_id: int, blocks: JobDetail, b_index: int) -> JobDetail:
+        """A job's detail listing the tasks of one block only (to resolve a task's name)."""
+        sizes = [sum(n for _, n in b.counts) for b in blocks.blocks]
+        return self._query(job_id, -1, -1, 0, sum(sizes[:b_index]), sizes[b_index])
 
     def _query(
         self, job_id: int, block: int, task: int, lines: int, first_task: int = 0, task_limit: int = -1
@@ -258,6 +273,9 @@ class ClientApi:
         reply = self.ask(make)
         if isinstance(reply, ActionDone):
             log.info("job action", extra=fields(job=job_id, user=actor.user, action=action, detail=reply.detail))
+            # what the job recorded while acting went to the store before its answer: have it written, so
+            # that the caller's next listing shows the action's effect
+            self.store.flush(timeout=5.0)
             return reply.detail
         assert isinstance(reply, ActionRefused)
         status = _REFUSAL_STATUS.get(reply.kind)
@@ -279,16 +297,19 @@ class ClientApi:
             raise _bad_action(f"block: must be a block index (0 or more) or name (got {_shown(block)})")
         if isinstance(block, int) and all(isinstance(t, int) for t in tasks):
             return block, tuple(tasks)
-        detail = self._query(job_id, -1, -1, 0)
+        blocks = self._blocks(job_id)
         if isinstance(block, str):
-            found = _block_index(detail, block)
+            found = _block_index(blocks, block)
             if found is None:
                 raise _bad_action(f"block: no block {block!r} in job {job_id}")
             block = found
+        if block < 0 or block >= len(blocks.blocks):
+            return block, tuple(t for t in tasks if isinstance(t, int))  # the job says what is wrong
+        page = self._block_page(job_id, blocks, block) if any(isinstance(t, str) for t in tasks) else blocks
         chosen = []
         for t in tasks:
             if isinstance(t, str):
-                found = _task_index(detail, block, t)
+                found = _task_index(page, block, t)
                 if found is None:
                     raise _bad_action(f"tasks: no task {t!r} in block {block}")
                 t = found
@@ -331,31 +352,21 @@ def _block_index(detail: JobDetail, block: str) -> int | None:
     for b in detail.blocks:
         if b.name == block:
             return b.index
-    if block.isdigit() and int(block) < len(detail.blocks):
+    if block.isascii() and block.isdigit() and len(block) < 19 and int(block) < len(detail.blocks):
         return int(block)
     return None
 
 
 def _task_index(detail: JobDetail, block: int, task: str) -> int | None:
-    """The index of the task named ``task`` in block ``block`` (or, when no name matches, of that index), or None."""
+    """The index of the task named ``task`` in block ``block`` (or, when no name matches, of that index), or None;
+    ``detail`` lists that block's tasks."""
     tasks = [t for t in detail.tasks if t.block == block]
     for t in tasks:
         if t.name == task:
             return t.task
-    if task.isdigit() and int(task) < len(tasks):
+    if task.isascii() and task.isdigit() and len(task) < 19 and int(task) < len(tasks):
         return int(task)
     return None
-
-
-def _resolve_task(detail: JobDetail, block: str, task: str) -> tuple[int, int]:
-    """Block and task indices from names (or, when no name matches, indices)."""
-    b_index = _block_index(detail, block)
-    if b_index is None:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"no block {block!r} in job {detail.job_id}")
-    t_index = _task_index(detail, b_index, task)
-    if t_index is None:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"no task {task!r} in block {block!r} of job {detail.job_id}")
-    return b_index, t_index
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -378,6 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
             reason = message or HTTPStatus(code).phrase
         except ValueError:
             reason = message or "error"
+        log.info("request refused", extra=fields(client=self.client_address[0], status=code, reason=reason))
         self.close_connection = True
         body = (json.dumps({"error": reason, "problems": [explain] if explain else []}) + "\n").encode("utf-8")
         try:
@@ -427,7 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not raw.strip():
             return {}
         try:
-            data = parse_text(raw.decode("utf-8"), "body", json_only=True)
+            data = parse_text(raw.decode("utf-8-sig"), "body", json_only=True)
         except UnicodeDecodeError as exc:
             problem = f"body: not UTF-8 text (byte {exc.start})"
             raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", [problem]) from None
@@ -538,7 +550,7 @@ def _int_param(query: dict[str, str], name: str, default: int, most: int = 1_000
     value = query.get(name)
     if value is None:
         return default
-    if not (value.isascii() and value.isdigit()) or len(value) > len(str(most)) or int(value) > most:
+    if not (value.isascii() and value.isdigit()) or len(value) > 30 or int(value) > most:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: must be a whole number 0-{most} (got {value[:40]!r})")
     return int(value)
 

@@ -32,9 +32,23 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently).
+
+    Only a mapping's own keys count: merging (``<<: *base``) rewrites a mapping's node to hold the merged keys
+    too, and an anchored mapping met again through an alias is not checked a second time.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._flattened: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        super().flatten_mapping(node)
+        self._flattened.add(id(node))
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if id(node) in self._flattened:
+            return super().construct_mapping(node, deep)
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":

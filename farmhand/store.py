@@ -404,7 +404,7 @@ class Store:
         out: list[RestoredJob] = []
         for job_id, data, user, submit_time, priority, paused in rows:
             try:
-                spec = parse_job(json.loads(data))
+                spec = parse_job(json.loads(data), accepted=True)
             except (SpecError, ValueError) as exc:
                 log.error("stored job spec unreadable; not restored", extra=fields(job=job_id, error=str(exc)))
                 continue

@@ -19,6 +19,7 @@ from farmhand.core.messages import (
     Hello,
     KillRun,
     Message,
+    Rejoin,
     RenderInfo,
     RunningRun,
     TaskFinished,
@@ -59,6 +60,7 @@ class VirtualWorker(MessageRouter):
         #: run (the render declares it lost on reading the hello, and the job runs it elsewhere), as a real
         #: worker does
         self.welcomed = False
+        self.hello_id = 0  # the id of this connection's Hello: a Welcome or Rejoin answering an older one is stale
         self.completed = 0
         self._render = render_address(info.name)
         self._handlers: dict[type[Message], Handler] = {
@@ -66,10 +68,13 @@ class VirtualWorker(MessageRouter):
             Tick: self._on_tick,
             KillRun: self._on_kill,
             Welcome: self._on_welcome,
+            Rejoin: self._on_rejoin,
         }
 
 
     def _on_welcome(self, msg: Welcome, ctx: Context) -> None:
+        if msg.reply_to != self.hello_id:
+            return  # it welcomes an earlier connection
         self.welcomed = True
         self.heartbeat_s = msg.heartbeat_s
         if self.heartbeat and self.heartbeat_s > 0:
@@ -80,13 +85,8 @@ class VirtualWorker(MessageRouter):
         if name == "finish":
             self._finish(msg.ref, ctx)
         elif name == "hello":
-            self.up = True  # (re)connect, telling the render what this worker still runs
-            self.welcomed = False
-            running = tuple(
-                RunningRun(a.run_id, a.job_id, a.block, a.task, a.attempt, a.capacity, a.memory_mb)
-                for a in (self.running[run_id] for run_id in sorted(self.running))
-            )
-            ctx.send(self._render, Hello(ctx.next_id(), self.info, running, acks=False))
+            self.up = True
+            self._say_hello(ctx)
         elif name == "heartbeat" and self.up:
             ctx.send(self._render, Heartbeat(ctx.next_id(), self.info.name, tuple(sorted(self.running))))
             ctx.set_timer("heartbeat", ctx.now + self.heartbeat_s, Tick(ctx.next_id(), "heartbeat"))
@@ -102,6 +102,23 @@ class VirtualWorker(MessageRouter):
             self.up = False
             self.running.clear()
             ctx.send(self._render, Goodbye(ctx.next_id(), self.info.name))
+
+    def _say_hello(self, ctx: Context) -> None:
+        """(Re)connect, telling the render what this worker still runs."""
+        self.welcomed = False
+        running = tuple(
+            RunningRun(a.run_id, a.job_id, a.block, a.task, a.attempt, a.capacity, a.memory_mb)
+            for a in (self.running[run_id] for run_id in sorted(self.running))
+        )
+        hello = Hello(ctx.next_id(), self.info, running, acks=False)
+        self.hello_id = hello.id
+        ctx.send(self._render, hello)
+
+    def _on_rejoin(self, msg: Rejoin, ctx: Context) -> None:
+        # the render declared this worker lost while it kept talking: say hello again, as a real worker does,
+        # unless the Rejoin answers a heartbeat sent before our last Hello (which rejoins already)
+        if self.up and msg.reply_to >= self.hello_id:
+            self._say_hello(ctx)
 
     def _on_assign(self, msg: Assign, ctx: Context) -> None:
         if not (self.up and self.welcomed):

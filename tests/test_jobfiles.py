@@ -68,7 +68,19 @@ def test_a_request_body_reads_the_same_way() -> None:
     assert err.value.problems[0].startswith("body:2:1: invalid YAML (key 'name' given twice")
 
 
-def test_names_must_be_printable(tmp_path: Path) -> None:
+def test_names_hold_no_control_characters_but_any_other_text(tmp_path: Path) -> None:
     path = tmp_path / "nul.json"
     path.write_text(json.dumps({**GOOD, "name": "a\u0000b"}))
-    assert problems_of(path) == [f"{path}: name: must be printable text, without control characters (got 'a\\x00b')"]
+    assert problems_of(path) == [f"{path}: name: must not contain control characters or line breaks (got 'a\\x00b')"]
+    for name in ("山田\u3000太郎", "no\u00a0break", "👩\u200d🎨", "soft\u00adhyphen"):
+        path.write_text(json.dumps({**GOOD, "name": name}))
+        assert [s.name for s in load_jobs(path)] == [name]
+
+
+def test_a_job_accepted_before_a_newer_rule_is_still_read_back() -> None:
+    from farmhand.core.spec import parse_job
+
+    data = {**GOOD, "name": "tab\there"}
+    with pytest.raises(SpecError):
+        parse_job(data)
+    assert parse_job(data, accepted=True).name == "tab\there"

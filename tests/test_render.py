@@ -144,6 +144,18 @@ def test_silent_render_is_declared_lost_and_its_runs_come_back_as_lost() -> None
     assert b.do(KillRun(b.rt.next_id(), 13, 5, "r1")) == []
 
 
+def test_a_clock_that_steps_back_does_not_delay_finding_a_silent_render() -> None:
+    b = Bench(zombie_s=30.0)
+    b.rt.now = 1000.0
+    b.hello()
+    assert b.rt.next_timer() == 1030.0
+    b.rt.now = 100.0  # the server's wall clock stepped back by 900 s
+    b.do(Heartbeat(b.rt.next_id(), "r1"))
+    assert b.rt.next_timer() == 130.0
+    b.rt.advance(130.0)
+    assert b.render.state == OFFLINE
+
+
 def test_unwatched_render_never_goes_offline_by_itself() -> None:
     b = Bench(watch=False)
     b.hello()

@@ -226,8 +226,22 @@ def test_a_virtual_worker_runs_nothing_sent_before_the_render_welcomed_its_hello
     assign = Assign(rt.next_id(), 7, 1, 0, 0, 1, "w", "x")
     rt.send_at(0.0, worker_address("w"), Tick(rt.next_id(), "hello"))
     rt.send_at(1.0, worker_address("w"), assign)  # before the Welcome: dropped
-    rt.send_at(2.0, worker_address("w"), Welcome(rt.next_id(), 0, 5.0, 60.0))
+    stale = Welcome(rt.next_id(), 10**9, 5.0, 60.0)  # answers another Hello: ignored
+    rt.call_at(1.5, lambda: rt.send(worker_address("w"), stale))
+    rt.send_at(1.6, worker_address("w"), Assign(rt.next_id(), 6, 1, 0, 2, 1, "w", "x"))  # still not welcomed
+    rt.call_at(2.0, lambda: rt.send(worker_address("w"), Welcome(rt.next_id(), worker.hello_id, 5.0, 60.0)))
     rt.send_at(3.0, worker_address("w"), Assign(rt.next_id(), 8, 1, 0, 1, 1, "w", "x"))
     rt.env.run(until=20.0)
     finished = [m for m in sent if isinstance(m, TaskFinished)]
     assert [m.run_id for m in finished] == [8] and worker.running == {}
+
+
+def test_a_worker_declared_lost_while_it_kept_talking_rejoins() -> None:
+    """Heartbeats jittered past a tight zombie time: the render declares its worker lost though it still talks,
+    answers its next heartbeat with Rejoin, and the worker says hello again (as a real worker does), so the
+    run finishes instead of stalling with renders that stay offline."""
+    faults = FaultModel(heartbeat_s=30.0, zombie_s=31.0, mtbf_s=1e12)
+    result = run_sim(small(jobs=3, tasks=10, renders=3), make_policy("fifo"), network=NetworkModel(jitter=5.0),
+                     faults=faults, seed=2)
+    assert not result.stalled and result.summary["tasks_done"] == 30
+    assert result.summary["runs_lost"] > 0  # it did flap

@@ -702,7 +702,7 @@ def test_canonical_dict_is_independent_of_how_the_spec_was_written() -> None:
 
 
 names = st.text(
-    st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp"]).filter(str.isprintable),
+    st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Zl", "Zp"]),
     min_size=1,
     max_size=8,
 )
