@@ -766,7 +766,7 @@ class JobBehaviour(MessageRouter):
         running = task.state == RUNNING
         return TaskSnapshot(
             block.index, task.index, STATE_NAMES[task.state], task.attempt, task.failures,
-            task.run_id if running else 0, task.render, task.ready_time, task.start_time,
+            task.run_id if running else 0, task.render, task.ready_time, task.start_time, task.output,
         )
 
     def _changed(self, block: Block, task: Task, ctx: Context) -> None:
@@ -787,6 +787,7 @@ class JobBehaviour(MessageRouter):
             task.failures = snap.failures
             task.ready_time = snap.ready_time
             task.render = snap.render
+            task.output = snap.output[-OUTPUT_LINES_KEPT:]
             if snap.state in ("done", "skipped"):
                 self._restore_finished(block, task, DONE if snap.state == "done" else SKIPPED)
             elif snap.state == "error":

@@ -510,7 +510,8 @@ class TaskSnapshot(msgspec.Struct, frozen=True, gc=False):
     """One task's lasting state, as a store keeps it and gives it back on restore.
 
     ``state`` is a task state name (``waiting`` and ``ready`` both restore as waiting); ``run_id``,
-    ``render`` and ``start_time`` describe the current run of a ``running`` task.
+    ``render`` and ``start_time`` describe the current run of a ``running`` task; ``output`` holds the task's
+    last output lines as of that change (what ``farmhand job`` shows, after a restart too).
     """
 
     block: int
@@ -522,6 +523,7 @@ class TaskSnapshot(msgspec.Struct, frozen=True, gc=False):
     render: str = ""
     ready_time: float = 0.0
     start_time: float = 0.0
+    output: tuple[str, ...] = ()
 
 
 class TaskChanged(Message, frozen=True):

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     ready_time REAL NOT NULL,
     start_time REAL NOT NULL,
     updated REAL NOT NULL,
+    output TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (job, block, task)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS renders (
@@ -122,6 +123,15 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id);
 """
+
+
+def _lines(stored: str) -> tuple[str, ...]:
+    """A task's stored output lines (a JSON list; anything else reads as none)."""
+    try:
+        lines = json.loads(stored)
+    except ValueError:
+        return ()
+    return tuple(str(line) for line in lines) if isinstance(lines, list) else ()
 
 
 def _utf8(text: str) -> bool:
@@ -212,6 +222,9 @@ class Store:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=OFF")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+            if "output" not in columns:  # a store made before tasks kept their output lines
+                self._db.execute("ALTER TABLE tasks ADD COLUMN output TEXT NOT NULL DEFAULT '[]'")
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -316,12 +329,13 @@ class Store:
             s = m.snapshot
             db.execute(
                 "INSERT INTO tasks (job, block, task, state, attempt, failures, run_id, render, ready_time,"
-                " start_time, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job, block, task) DO"
-                " UPDATE SET state=excluded.state, attempt=excluded.attempt, failures=excluded.failures,"
-                " run_id=excluded.run_id, render=excluded.render, ready_time=excluded.ready_time,"
-                " start_time=excluded.start_time, updated=excluded.updated",
+                " start_time, updated, output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT"
+                " (job, block, task) DO UPDATE SET state=excluded.state, attempt=excluded.attempt,"
+                " failures=excluded.failures, run_id=excluded.run_id, render=excluded.render,"
+                " ready_time=excluded.ready_time, start_time=excluded.start_time, updated=excluded.updated,"
+                " output=excluded.output",
                 (m.job_id, s.block, s.task, s.state, s.attempt, s.failures, s.run_id, s.render, s.ready_time,
-                 s.start_time, m.time),
+                 s.start_time, m.time, json.dumps(list(s.output))),
             )
         elif isinstance(m, RunRecord):
             db.execute(
@@ -393,13 +407,15 @@ class Store:
             ).fetchall()
             task_rows = self._db.execute(
                 "SELECT t.job, t.block, t.task, t.state, t.attempt, t.failures, t.run_id, t.render, t.ready_time,"
-                " t.start_time FROM tasks t JOIN jobs j ON j.id = t.job WHERE j.state NOT IN ('deleted', 'refused')"
-                " ORDER BY t.job, t.block, t.task"
+                " t.start_time, t.output FROM tasks t JOIN jobs j ON j.id = t.job"
+                " WHERE j.state NOT IN ('deleted', 'refused') ORDER BY t.job, t.block, t.task"
             ).fetchall()
         snaps: dict[int, list[TaskSnapshot]] = {}
-        for job, block, task, state, attempt, failures, run_id, render, ready_time, start_time in task_rows:
+        for job, block, task, state, attempt, failures, run_id, render, ready_time, start_time, output in task_rows:
             snaps.setdefault(job, []).append(
-                TaskSnapshot(block, task, state, attempt, failures, run_id, render, ready_time, start_time)
+                TaskSnapshot(
+                    block, task, state, attempt, failures, run_id, render, ready_time, start_time, _lines(output)
+                )
             )
         out: list[RestoredJob] = []
         for job_id, data, user, submit_time, priority, paused in rows:

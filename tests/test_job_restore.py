@@ -225,6 +225,17 @@ def test_restore_after_start_and_bad_indices_are_ignored() -> None:
     assert states(job) == ["ready"]
 
 
+def test_a_restored_task_shows_its_last_output_lines_again() -> None:
+    job = make_job(block("a", last=2))
+    ctx = Recorder()
+    restore(job, ctx, TaskSnapshot(0, 0, "error", 4, 4, render="r2", output=("frame 1", "Segmentation fault")))
+    job.handle(StartJob(1), ctx)
+    ctx.take()
+    job.handle(JobQuery(9, JOB_ID, "client", block=0, task=0, lines=5), ctx)
+    (detail,) = ctx.take(JobDetail, "client")
+    assert detail.output == ("frame 1", "Segmentation fault")
+
+
 # -------------------------------------------------------------------------------------------- detail query
 
 

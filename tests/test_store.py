@@ -265,3 +265,42 @@ def test_one_bad_event_does_not_cost_the_others(store: Store, caplog: pytest.Log
     assert store.flush()
     assert [r.task for r in store.runs()] == ["1", "2"]
     assert "event not stored" in caplog.text
+
+
+def test_a_tasks_output_lines_are_kept_and_come_back(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    with Store(path) as s:
+        a = s.add_job(spec(), "ann", 1.0, 6)
+        s.on_event(EVENTS, TaskChanged(0, a, TaskSnapshot(0, 1, "error", 4, 4, render="r2",
+                                                          output=("frame 2", "Segmentation fault")), 9.0))
+        s.on_event(EVENTS, TaskChanged(0, a, TaskSnapshot(0, 0, "done", 1, render="r1", output=("ok",)), 9.5))
+    with Store(path) as s:
+        (job,) = s.restorable_jobs()
+        assert {(t.block, t.task): t.output for t in job.tasks} == {
+            (0, 0): ("ok",), (0, 1): ("frame 2", "Segmentation fault"),
+        }
+
+
+def test_a_store_made_before_tasks_kept_their_output_opens_and_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with Store(path) as s:
+        a = s.add_job(spec(), "ann", 1.0, 6)
+        s.on_event(EVENTS, changed(a, 0, 0, "done", attempt=1, render="r1"))
+    db = sqlite3.connect(path)  # make it as an older farmhand left it: no output column
+    cols = "job, block, task, state, attempt, failures, run_id, render, ready_time, start_time, updated"
+    db.executescript(
+        "CREATE TABLE t2 (job INTEGER NOT NULL, block INTEGER NOT NULL, task INTEGER NOT NULL, state TEXT NOT NULL,"
+        " attempt INTEGER NOT NULL, failures INTEGER NOT NULL, run_id INTEGER NOT NULL, render TEXT NOT NULL,"
+        " ready_time REAL NOT NULL, start_time REAL NOT NULL, updated REAL NOT NULL,"
+        " PRIMARY KEY (job, block, task)) WITHOUT ROWID;"
+        f" INSERT INTO t2 SELECT {cols} FROM tasks; DROP TABLE tasks; ALTER TABLE t2 RENAME TO tasks;"
+    )
+    db.close()
+    with Store(path) as s:
+        (job,) = s.restorable_jobs()
+        assert [(t.state, t.output) for t in job.tasks] == [("done", ())]
+        s.on_event(EVENTS, TaskChanged(0, a, TaskSnapshot(0, 1, "done", 1, output=("new",)), 3.0))
+        assert s.flush(5)
+        assert {t.task: t.output for t in s.restorable_jobs()[0].tasks} == {0: (), 1: ("new",)}
