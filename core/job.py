@@ -255,6 +255,9 @@ class JobBehaviour(MessageRouter):
                 self.spec.max_running_tasks_per_render,
             ),
         )
+        for block in self.blocks:  # renders a restored job had come to avoid
+            for render in sorted(block.avoided):
+                ctx.send(SOLVER, AvoidRender(ctx.next_id(), self.job_id, block.index, render))
         self._release_ready(self.blocks, ctx)
         self._update_job_state(ctx)  # a restored job may be done or stuck in error already
 
@@ -506,7 +509,10 @@ class JobBehaviour(MessageRouter):
         block.render_failures[render] = count
         if count >= spec.avoid_render_after and render not in block.avoided:
             block.avoided.add(render)
-            ctx.send(SOLVER, AvoidRender(ctx.next_id(), self.job_id, block.index, render))
+            avoid = AvoidRender(ctx.next_id(), self.job_id, block.index, render)
+            ctx.send(SOLVER, avoid)
+            if self.task_events:  # a lasting change: the store keeps it
+                ctx.send(EVENTS, avoid)
         if task.failures <= spec.retries:
             self._requeue(block, task, ctx.now)
         else:
@@ -776,6 +782,11 @@ class JobBehaviour(MessageRouter):
         """Bring back tasks' lasting states (before the start only); unknown or pending tasks are skipped."""
         if self.started:
             return
+        for b_index, render in msg.avoided:
+            if 0 <= b_index < len(self.blocks):
+                block = self.blocks[b_index]
+                block.avoided.add(render)
+                block.render_failures[render] = max(block.render_failures.get(render, 0), block.spec.avoid_render_after)
         for snap in msg.tasks:
             if not 0 <= snap.block < len(self.blocks) or not 0 <= snap.task < len(self.blocks[snap.block].tasks):
                 continue

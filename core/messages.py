@@ -86,6 +86,7 @@ class SubmitJob(Message, frozen=True):
     task_events: bool = False  # the job tells the event sink each lasting task change (TaskChanged)
     restore: tuple[TaskSnapshot, ...] = ()  # task states to bring back before the job starts
     reclaim_s: float = 60.0  # restored running tasks wait this long for their worker
+    restore_avoided: tuple[tuple[int, str], ...] = ()  # (block, render) pairs the job had come to avoid
     #: who submits (None: trusted, e.g. a restore or a local run); only an admin may submit for another user
     by: Actor | None = None
     #: re-created from a store after a restart: an upstream job id the registry does not know was deleted
@@ -538,12 +539,14 @@ class RestoreTasks(Message, frozen=True):
     """Sent by the registry before ``StartJob`` to a job restored from a store: bring its tasks back.
 
     Done, skipped and error tasks stay so; running tasks stay running under their run ids until their
-    worker reclaims them, and are requeued (run lost) if none has after ``reclaim_s`` seconds.
+    worker reclaims them, and are requeued (run lost) if none has after ``reclaim_s`` seconds. ``avoided``:
+    the (block, render) pairs the job had come to avoid after repeated failures; they stay avoided.
     """
 
     job_id: int
     tasks: tuple[TaskSnapshot, ...]
     reclaim_s: float = 60.0
+    avoided: tuple[tuple[int, str], ...] = ()
 
 
 class JobQuery(Message, frozen=True):

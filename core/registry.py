@@ -104,8 +104,9 @@ class Registry(MessageRouter):
         address = job_address(job_id)
         submit_time = ctx.now if msg.submit_time is None else msg.submit_time
         ctx.spawn(address, JobBehaviour(job_id, spec, msg.user, submit_time, task_events=msg.task_events))
-        if msg.restore:
-            ctx.send(address, RestoreTasks(ctx.next_id(), job_id, msg.restore, msg.reclaim_s))
+        if msg.restore or msg.restore_avoided:
+            restore = RestoreTasks(ctx.next_id(), job_id, msg.restore, msg.reclaim_s, msg.restore_avoided)
+            ctx.send(address, restore)
         ctx.send(address, StartJob(ctx.next_id(), tuple(sorted(waits))))
         if msg.reply_address:
             ctx.send(msg.reply_address, JobAccepted(ctx.next_id(), msg.id, job_id))

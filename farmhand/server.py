@@ -199,6 +199,7 @@ def restore_jobs(store: Store, runtime: PykkaRuntime, reclaim_s: float, timeout:
             SubmitJob(
                 mid, job.spec, job.user, RESTORE_REPLIES, job_id=job.job_id, submit_time=job.submit_time,
                 task_events=True, restore=job.tasks, reclaim_s=reclaim_s, restoring=True,
+                restore_avoided=job.avoided,
             ),
         )
     deadline = time.monotonic() + timeout

@@ -38,6 +38,7 @@ import msgspec
 
 from farmhand.core.messages import (
     Actor,
+    AvoidRender,
     JobStateChanged,
     JobUpdated,
     Message,
@@ -122,6 +123,12 @@ CREATE TABLE IF NOT EXISTS runs (
     finish_time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id);
+CREATE TABLE IF NOT EXISTS avoids (
+    job INTEGER NOT NULL,
+    block INTEGER NOT NULL,
+    render TEXT NOT NULL,
+    PRIMARY KEY (job, block, render)
+) WITHOUT ROWID;
 """
 
 
@@ -161,6 +168,7 @@ class RestoredJob:
     user: str
     submit_time: float
     tasks: tuple[TaskSnapshot, ...]
+    avoided: tuple[tuple[int, str], ...] = ()  # (block, render) pairs the job came to avoid
 
 
 @dataclass(frozen=True)
@@ -371,6 +379,10 @@ class Store:
             )
         elif isinstance(m, RenderPaused):
             db.execute("UPDATE renders SET paused=? WHERE name=?", (int(m.paused), m.render))
+        elif isinstance(m, AvoidRender):
+            db.execute(
+                "INSERT OR IGNORE INTO avoids (job, block, render) VALUES (?, ?, ?)", (m.job_id, m.block, m.render)
+            )
 
     # ---------------------------------------------------------------------------------------- jobs
     def add_job(self, spec: JobSpec, user: str, submit_time: float, tasks_total: int) -> int:
@@ -391,6 +403,7 @@ class Store:
         """Remove a job that was never accepted (the registry refused it)."""
         with self._lock:
             self._db.execute("DELETE FROM tasks WHERE job=?", (job_id,))
+            self._db.execute("DELETE FROM avoids WHERE job=?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
 
     def mark_job(self, job_id: int, state: str) -> None:
@@ -410,6 +423,12 @@ class Store:
                 " t.start_time, t.output FROM tasks t JOIN jobs j ON j.id = t.job"
                 " WHERE j.state NOT IN ('deleted', 'refused') ORDER BY t.job, t.block, t.task"
             ).fetchall()
+            avoid_rows = self._db.execute(
+                "SELECT job, block, render FROM avoids ORDER BY job, block, render"
+            ).fetchall()
+        avoids: dict[int, list[tuple[int, str]]] = {}
+        for job, block, render in avoid_rows:
+            avoids.setdefault(job, []).append((block, render))
         snaps: dict[int, list[TaskSnapshot]] = {}
         for job, block, task, state, attempt, failures, run_id, render, ready_time, start_time, output in task_rows:
             snaps.setdefault(job, []).append(
@@ -426,7 +445,8 @@ class Store:
                 continue
             # the actions' lasting changes; upstream jobs deleted since are the registry's business (restoring)
             spec = msgspec.structs.replace(spec, priority=priority, paused=bool(paused))
-            out.append(RestoredJob(job_id, spec, user, submit_time, tuple(snaps.get(job_id, ()))))
+            avoided = tuple(avoids.get(job_id, ()))
+            out.append(RestoredJob(job_id, spec, user, submit_time, tuple(snaps.get(job_id, ())), avoided))
         return out
 
     def max_run_id(self) -> int:

@@ -18,6 +18,7 @@ from farmhand.core.messages import (
     ActionRefused,
     Actor,
     Assign,
+    AvoidRender,
     BlockReady,
     Dispatch,
     JobAccepted,
@@ -223,6 +224,30 @@ def test_restore_after_start_and_bad_indices_are_ignored() -> None:
     job.handle(StartJob(1), ctx)
     restore(job, ctx, TaskSnapshot(0, 0, "done"))
     assert states(job) == ["ready"]
+
+
+def test_renders_a_job_had_come_to_avoid_stay_avoided_after_a_restore() -> None:
+    job = make_job(block("a", last=2, avoid_render_after=2), block("b", last=1))
+    ctx = Recorder()
+    job.handle(RestoreTasks(ctx.next_id(), JOB_ID, (), 30.0, ((0, "r9"), (7, "nowhere"))), ctx)
+    job.handle(StartJob(1), ctx)
+    sent = ctx.take(to="solver")
+    kinds = [type(m).__name__ for m in sent]
+    assert kinds.index("JobOpened") < kinds.index("AvoidRender")  # the solver knows the job first
+    avoids = [m for m in sent if isinstance(m, AvoidRender)]
+    assert [(m.block, m.render) for m in avoids] == [(0, "r9")]  # an unknown block is ignored
+    assert job.blocks[0].avoided == {"r9"} and job.blocks[0].render_failures == {"r9": 2}
+
+
+def test_avoiding_a_render_is_a_lasting_change_the_store_hears_of() -> None:
+    job = make_job(block("a", last=1, avoid_render_after=1, retries=2))
+    ctx = Recorder()
+    job.handle(StartJob(1), ctx)
+    a = assign(job, ctx)
+    ctx.take()
+    job.handle(TaskFinished(ctx.next_id(), a.run_id, JOB_ID, 0, 0, 1, "r1", "error", 1), ctx)
+    to_events = ctx.take(AvoidRender, "events")
+    assert [(m.block, m.render) for m in to_events] == [(0, "r1")]
 
 
 def test_a_restored_task_shows_its_last_output_lines_again() -> None:

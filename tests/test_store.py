@@ -17,6 +17,7 @@ import pytest
 
 from farmhand.actors.runtime import PykkaRuntime
 from farmhand.core.messages import (
+    AvoidRender,
     JobDetail,
     JobQuery,
     JobStateChanged,
@@ -304,3 +305,18 @@ def test_a_store_made_before_tasks_kept_their_output_opens_and_gains_the_column(
         s.on_event(EVENTS, TaskChanged(0, a, TaskSnapshot(0, 1, "done", 1, output=("new",)), 3.0))
         assert s.flush(5)
         assert {t.task: t.output for t in s.restorable_jobs()[0].tasks} == {0: (), 1: ("new",)}
+
+
+def test_renders_a_job_came_to_avoid_are_kept_until_the_job_is_forgotten(tmp_path: Path) -> None:
+    path = tmp_path / "farm.db"
+    with Store(path) as s:
+        a = s.add_job(spec(), "ann", 1.0, 6)
+        b = s.add_job(spec("other"), "ann", 1.0, 6)
+        for event in (AvoidRender(0, a, 0, "r2"), AvoidRender(0, a, 0, "r2"), AvoidRender(0, a, 1, "r1"),
+                      AvoidRender(0, b, 0, "r3")):
+            s.on_event(EVENTS, event)
+        assert s.flush(5)
+        s.forget_job(b)
+    with Store(path) as s:
+        (job,) = s.restorable_jobs()
+        assert job.job_id == a and job.avoided == ((0, "r2"), (1, "r1"))
