@@ -155,8 +155,9 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> str:
-    """A fresh random token (256 bits, URL-safe text)."""
-    return secrets.token_urlsafe(32)
+    """A fresh random token: 256 bits as hex, so it never starts with "-" (``--token -x...`` would read as an
+    option) and needs no quoting anywhere."""
+    return secrets.token_hex(32)
 
 
 @dataclass(frozen=True)

@@ -320,3 +320,10 @@ def test_renders_a_job_came_to_avoid_are_kept_until_the_job_is_forgotten(tmp_pat
     with Store(path) as s:
         (job,) = s.restorable_jobs()
         assert job.job_id == a and job.avoided == ((0, "r2"), (1, "r1"))
+
+
+def test_tokens_are_64_hex_digits_so_none_reads_as_an_option() -> None:
+    from farmhand.store import new_token
+
+    tokens = {new_token() for _ in range(200)}
+    assert len(tokens) == 200 and all(len(t) == 64 and int(t, 16) >= 0 for t in tokens)
