@@ -40,7 +40,9 @@ ONLINE, PAUSED, OFFLINE = "online", "paused", "offline"
 class RenderBehaviour(MessageRouter):
     """The server side of one render (hosted by a RenderActor in production)."""
 
-    def __init__(self, name: str, heartbeat_s: float = 5.0, zombie_s: float = 60.0, watch: bool = True) -> None:
+    def __init__(
+        self, name: str, heartbeat_s: float = 5.0, zombie_s: float = 60.0, watch: bool = True, paused: bool = False
+    ) -> None:
         self.name = name
         self.heartbeat_s = heartbeat_s
         self.zombie_s = zombie_s
@@ -48,7 +50,7 @@ class RenderBehaviour(MessageRouter):
         self.info: RenderInfo | None = None
         self.acks = True
         self.state = OFFLINE
-        self.paused = False
+        self.paused = paused  # an admin's pause: the render gets no new task (kept across a server restart)
         self.last_seen = 0.0
         self.zombie_at = 0.0  # when the pending zombie timer fires
         self.runs: dict[int, RunningRun | Assign] = {}

@@ -175,6 +175,18 @@ def cmd_renders(args: argparse.Namespace) -> int:
     return _run(run)
 
 
+def cmd_render_action(args: argparse.Namespace) -> int:
+    """``farmhand render pause|resume NAME...`` (admins)."""
+
+    def run() -> int:
+        client = _client(args)
+        for name in args.names:
+            print(f"render {name}: {client.render_action(name, args.render_action)}")
+        return EXIT_OK
+
+    return _run(run)
+
+
 def _selection(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if getattr(args, "block", None) is not None:
@@ -341,6 +353,14 @@ def add_server_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser("renders", parents=[common], help="list the renders")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=cmd_renders)
+
+    p = subparsers.add_parser("render", help="pause or resume renders (admins)")
+    render = p.add_subparsers(dest="render_action", required=True)
+    for action, text in (("pause", "give the renders no new task (what runs there finishes); kept across restarts"),
+                         ("resume", "let the renders take tasks again")):
+        q = render.add_parser(action, parents=[common], help=text)
+        q.add_argument("names", nargs="+", metavar="NAME")
+        q.set_defaults(func=cmd_render_action, render_action=action)
 
     for action, text in (("pause", "pause jobs"), ("resume", "resume jobs"), ("delete", "delete jobs")):
         p = subparsers.add_parser(action, parents=[common], help=text)

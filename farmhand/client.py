@@ -150,6 +150,12 @@ class ApiClient:
         result: str = self.request("POST", f"/api/jobs/{job_id}/{action}", body)["detail"]
         return result
 
+    def render_action(self, name: str, action: str) -> str:
+        """(admin) Pause or resume a render; returns what changed."""
+        path = f"/api/renders/{urllib.parse.quote(name, safe='')}/{action}"
+        result: str = self.request("POST", path, {})["detail"]
+        return result
+
     def renders(self) -> list[dict[str, Any]]:
         """Every render the server has seen."""
         result: list[dict[str, Any]] = self.request("GET", "/api/renders")["renders"]

@@ -18,6 +18,7 @@ Endpoints (JSON in, JSON out; errors are ``{"error": "...", "problems": [...]}``
                                             ``{"block", "tasks", "downstream", "errors_only", "value"}``;
                                             403 with the job's reason when the job is not the caller's
 ``GET  /api/renders``                       renders, their state and running task counts
+``POST /api/renders/NAME/ACTION``           (admin) ``pause`` or ``resume`` a render (kept across restarts)
 ``GET  /api/runs.csv``                      the whole run log as ``tasks.csv``
 ``POST /api/admin/users``                   (admin) ``{"name", "admin"}``: a new user; its token, once
 ``POST /api/admin/log-level``               (admin) ``{"level": "debug"}``; ``GET`` tells the level in force
@@ -41,7 +42,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 
@@ -57,9 +58,10 @@ from farmhand.core.messages import (
     JobQuery,
     JobRefused,
     Message,
+    RenderPaused,
     SubmitJob,
 )
-from farmhand.core.runtime import REGISTRY, Address
+from farmhand.core.runtime import REGISTRY, Address, render_address
 from farmhand.core.spec import JobSpec, SpecError
 from farmhand.jobfiles import parse_body_jobs, parse_text
 from farmhand.logs import current_level, fields, parse_level, set_level
@@ -317,6 +319,20 @@ class ClientApi:
         return block, tuple(chosen)
 
     # ---------------------------------------------------------------------------------------- admin
+    def render_action(self, actor: Actor, name: str, action: str) -> str:
+        """(admin) Pause a render (it gets no new task; what runs there finishes) or resume it."""
+        self._admin_only(actor)
+        if action not in RENDER_ACTIONS:
+            known = ", ".join(RENDER_ACTIONS)
+            raise ApiError(HTTPStatus.NOT_FOUND, f"unknown render action {action!r} (known: {known})")
+        paused = action == "pause"
+        if not self.store.set_render_paused(name, paused):
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no render {name!r}")
+        # to the render's actor, when it has one (an online render); an offline one reads the flag on its hello
+        self.bus.send(render_address(name), RenderPaused(self.bus.next_id(), name, paused))
+        log.info("render action", extra=fields(render=name, user=actor.user, action=action))
+        return "paused" if paused else "resumed"
+
     def add_user(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
         """(admin) Create a user; the answer holds its token, the only time it is shown."""
         self._admin_only(actor)
@@ -511,6 +527,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {method} {url.path}")
         elif route == ["renders"] and method == "GET":
             self._send(HTTPStatus.OK, {"renders": api.store.renders()})
+        elif len(route) == 3 and route[0] == "renders" and method == "POST":
+            self._json_body()  # none is needed; a malformed one is still refused
+            self._send(HTTPStatus.OK, {"detail": api.render_action(actor, unquote(route[1]), route[2])})
         elif route == ["runs.csv"] and method == "GET":
             self._send(HTTPStatus.OK, runs_csv_text(api.store).encode("utf-8"), "text/csv; charset=utf-8")
         elif route == ["admin", "users"] and method == "POST":
@@ -530,6 +549,8 @@ def _shown(value: Any, most: int = 60) -> str:
 def _bad_action(problem: str) -> ApiError:
     return ApiError(HTTPStatus.BAD_REQUEST, "bad action", [problem])
 
+
+RENDER_ACTIONS = ("pause", "resume")
 
 #: the largest id the store can hold (SQLite's integers are 64-bit)
 MAX_ID = 2**63 - 1

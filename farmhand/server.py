@@ -267,7 +267,10 @@ class FarmServer:
             restore_jobs(store, rt, c.reclaim_s)
 
             def render_factory(name: str) -> Behaviour:
-                return RecordedRender(RenderBehaviour(name, heartbeat_s=c.heartbeat_s, zombie_s=c.zombie_s))
+                paused = store.render_paused(name)  # an admin's pause outlives a restart
+                return RecordedRender(
+                    RenderBehaviour(name, heartbeat_s=c.heartbeat_s, zombie_s=c.zombie_s, paused=paused)
+                )
 
             self.handle = start_server(
                 c.host, c.port, token, runtime=rt, event_sinks=[store.on_event], render_factory=render_factory,

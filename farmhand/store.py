@@ -490,6 +490,18 @@ class Store:
             out.append(JobRow(job_id, name, owner, state, priority, bool(paused), submit_time, total, c))
         return out
 
+    def set_render_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume the render ``name`` (written at once); False if the store knows no such render."""
+        with self._lock:
+            cursor = self._db.execute("UPDATE renders SET paused=? WHERE name=?", (int(paused), name))
+            return cursor.rowcount > 0
+
+    def render_paused(self, name: str) -> bool:
+        """Whether an admin paused the render ``name`` (False for a render the store does not know)."""
+        with self._lock:
+            row = self._db.execute("SELECT paused FROM renders WHERE name=?", (name,)).fetchone()
+        return bool(row and row[0])
+
     def renders(self) -> list[dict[str, Any]]:
         """Every render seen, with its running task count (from the task rows)."""
         with self._lock:

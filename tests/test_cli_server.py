@@ -55,6 +55,9 @@ def test_submit_list_show_act_and_export(farm: Farm, tmp_path: Path, capsys: pyt
     farm.wait_runs(1, 6)
     farm.wait_job(1)
     assert farmhand("renders") == 0 and "r1" in capsys.readouterr().out
+    assert farmhand("render", "pause", "r1") == 0 and capsys.readouterr().out == "render r1: paused\n"
+    assert farmhand("render", "resume", "r1", "nope") == 2
+    assert capsys.readouterr().out == "render r1: resumed\n"
     assert farmhand("export-runs", "--out", str(tmp_path / "api.csv")) == 0
     farm.store.flush()
     with (tmp_path / "api.csv").open() as f:

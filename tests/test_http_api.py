@@ -268,3 +268,26 @@ def test_the_servers_own_refusals_are_json_too(farm: Farm) -> None:
         with pytest.raises(ApiError) as err:  # the client decodes the JSON body into the error
             farm.admin.request(method, "/api/jobs")
         assert err.value.status == 501 and "Unsupported method" in err.value.error, method
+
+
+def test_an_admin_pauses_a_render_and_it_takes_no_new_task_until_resumed(farm: Farm) -> None:
+    farm.add_render("r1")
+    deadline = time.monotonic() + 10
+    while "r1" not in [r["name"] for r in farm.admin.renders()]:  # the store hears of its hello
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ann = farm.client("ann")
+    for client, name, action, status in ((ann, "r1", "pause", 403), (farm.admin, "nope", "pause", 404),
+                                         (farm.admin, "r1", "explode", 404)):
+        with pytest.raises(ApiError) as err:
+            client.render_action(name, action)
+        assert err.value.status == status, (name, action)
+    assert farm.admin.render_action("r1", "pause") == "paused"
+    assert farm.server.store.render_paused("r1")
+    job_id = submit(ann, job_spec(frames=2))
+    time.sleep(0.5)
+    assert {t["state"] for t in ann.job(job_id)["tasks"]} <= {"ready", "waiting"}  # nothing was given to r1
+    assert {r["name"]: r["state"] for r in farm.admin.renders()}["r1"] == "paused"
+    assert farm.admin.render_action("r1", "resume") == "resumed"
+    farm.wait_job(job_id)
+    assert not farm.server.store.render_paused("r1")

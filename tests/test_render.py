@@ -51,9 +51,9 @@ from farmhand.sim.virtual_render import VirtualWorker
 class Bench:
     """One render behaviour on a manual runtime; everything it sends lands in ``self.out``."""
 
-    def __init__(self, zombie_s: float = 30.0, watch: bool = True) -> None:
+    def __init__(self, zombie_s: float = 30.0, watch: bool = True, paused: bool = False) -> None:
         self.rt = ManualRuntime()
-        self.render = RenderBehaviour("r1", heartbeat_s=5.0, zombie_s=zombie_s, watch=watch)
+        self.render = RenderBehaviour("r1", heartbeat_s=5.0, zombie_s=zombie_s, watch=watch, paused=paused)
         self.rt.spawn("render/r1", self.render)
         self.out: list[tuple[str, Message]] = []
         for prefix in ("worker/", "job/"):
@@ -142,6 +142,12 @@ def test_silent_render_is_declared_lost_and_its_runs_come_back_as_lost() -> None
     assert kinds(b.assign(13, job_id=5)) == [("job/5", "RunLost")]
     # kills are not forwarded to a lost render's worker
     assert b.do(KillRun(b.rt.next_id(), 13, 5, "r1")) == []
+
+
+def test_a_render_paused_by_an_admin_before_a_restart_comes_back_paused() -> None:
+    b = Bench(paused=True)
+    online = b.hello()[0][1]
+    assert isinstance(online, RenderOnline) and online.paused and b.render.state == PAUSED
 
 
 def test_a_clock_that_steps_back_does_not_delay_finding_a_silent_render() -> None:
