@@ -35,6 +35,22 @@ from .messages import (
 from .runtime import REGISTRY, SOLVER, Context, Handler, MessageRouter, job_address, worker_address
 
 ONLINE, PAUSED, OFFLINE = "online", "paused", "offline"
+#: heartbeats a render may miss in a row before its zombie time runs out, below which a setting is warned about
+HEARTBEATS_OF_MARGIN = 3
+
+
+def zombie_time_warning(heartbeat_s: float, zombie_s: float, network_s: float = 0.0) -> str | None:
+    """Advice when the zombie time leaves little room for late heartbeats (``network_s``: the worst delay a
+    message may take), or None. Too tight a zombie time makes renders flap: each late heartbeat declares a
+    render lost and requeues its tasks, though its worker is fine."""
+    room = HEARTBEATS_OF_MARGIN * heartbeat_s + network_s
+    if zombie_s >= room:
+        return None
+    return (
+        f"the zombie time ({zombie_s:g} s) is under {HEARTBEATS_OF_MARGIN} heartbeats ({heartbeat_s:g} s each)"
+        + (f" plus the network's worst delay ({network_s:g} s)" if network_s else "")
+        + f": a late heartbeat declares a render lost and requeues its tasks; {room:g} s or more is safer"
+    )
 
 
 class RenderBehaviour(MessageRouter):

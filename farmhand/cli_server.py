@@ -300,8 +300,19 @@ def cmd_server(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"farmhand server: --policy: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from farmhand.core.render import zombie_time_warning
     from farmhand.store import StoreError
 
+    if not args.heartbeat > 0 or not args.zombie > args.heartbeat or not args.reclaim >= 0:
+        print(
+            "farmhand server: --heartbeat must be > 0, --zombie greater than it and --reclaim >= 0"
+            f" (got {args.heartbeat:g}, {args.zombie:g}, {args.reclaim:g})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    warning = zombie_time_warning(args.heartbeat, args.zombie)
+    if warning:
+        print(f"farmhand server: warning: {warning}", file=sys.stderr)
     try:
         return run_server(config_from_args(args))
     except (OSError, StoreError) as exc:

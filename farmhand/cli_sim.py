@@ -294,6 +294,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     """Run ``farmhand sim``; returns the exit code."""
+    from farmhand.core.render import zombie_time_warning
     from farmhand.output import prepare_out, write_summary, write_tasks_csv
     from farmhand.policy_loader import load_policy, parse_options
     from farmhand.progress import ProgressLine
@@ -315,6 +316,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
         print(text if text.startswith("--") else f"farmhand sim: {text}", file=sys.stderr)
         return EXIT_USAGE
 
+    if faults.render_faults or network.loss > 0:  # heartbeats are watched
+        warning = zombie_time_warning(faults.heartbeat_s, faults.zombie_s, network.latency + network.jitter)
+        if warning:
+            print(f"farmhand sim: warning: {warning}", file=sys.stderr)
     total = workload.task_count()
     bar = ProgressLine(total, "sim", enabled=not args.quiet)
 

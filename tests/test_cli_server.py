@@ -92,3 +92,12 @@ def test_admin_user_add_directly_on_the_store_and_through_the_api(
     assert farmhand("admin", "user", "list", "--db", str(tmp_path / "farm.db")) == 0
     assert capsys.readouterr().out.split("\n")[:3] == ["admin (admin)", "ann", "bob (admin)"]
     assert farmhand("admin", "log-level", "--token", token) == 2  # ann is no admin
+
+
+def test_server_timings_that_cannot_work_are_refused_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "farm.db")
+    assert farmhand("server", "--heartbeat", "5", "--zombie", "1", "--db", db) == 2
+    assert "--zombie greater than it" in capsys.readouterr().err
+    assert not (tmp_path / "farm.db").exists()

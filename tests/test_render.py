@@ -389,3 +389,11 @@ def test_render_offline_message_reaches_the_solver_before_a_lost_runs_requeue() 
     farm.rt.advance(30.0)
     assert seen[0] == "RenderOffline" and seen.count("RunLost") == 1
     assert all(a.render == "r1" for a in farm.assigns)
+
+
+def test_a_zombie_time_with_little_room_for_late_heartbeats_is_warned_about() -> None:
+    from farmhand.core.render import zombie_time_warning
+
+    assert zombie_time_warning(5.0, 60.0) is None and zombie_time_warning(5.0, 15.0) is None
+    assert "under 3 heartbeats (5 s each): a late heartbeat" in (zombie_time_warning(5.0, 12.0) or "")
+    assert "plus the network's worst delay (2 s)" in (zombie_time_warning(5.0, 16.0, network_s=2.0) or "")

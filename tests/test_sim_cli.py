@@ -217,3 +217,9 @@ def test_a_server_url_that_is_not_http_is_refused_by_name() -> None:
     with pytest.raises(ApiError) as err:
         ApiClient("notaurl")
     assert "server URL 'notaurl' (--api or FARMHAND_API): must be http://HOST:PORT" in str(err.value.lines())
+
+
+def test_a_tight_zombie_time_is_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--jobs", "2", "--tasks", "3", "--renders", "2", "--mtbf", "1e12", "--heartbeat", "30", "--zombie", "40"]
+    assert main([*argv, "--out", str(tmp_path), "--quiet"]) == 0
+    assert "farmhand sim: warning: the zombie time (40 s) is under 3 heartbeats" in capsys.readouterr().err
