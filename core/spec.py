@@ -926,15 +926,14 @@ class CommandTemplate:
         self, first: int | None, last: int | None, step: int, task: int | str, job: int, block: str
     ) -> str | tuple[str, ...]:
         """The command of one task."""
-        formats = self._formats
-        if not self._argv:
-            pattern = formats[0]
-            if pattern is None:
-                return self._items[0]
-            return pattern.format("" if first is None else first, "" if last is None else last, step, task, job, block)
         values = ("" if first is None else first, "" if last is None else last, step, task, job, block)
-        items = self._items
-        return tuple(items[i] if f is None else f.format(*values) for i, f in enumerate(formats))
+        if not self._argv:  # the usual command, on the dispatch path: no generator
+            pattern = self._formats[0]
+            return self._items[0] if pattern is None else pattern.format(*values)
+        return tuple(
+            item if pattern is None else pattern.format(*values)
+            for item, pattern in zip(self._items, self._formats, strict=True)
+        )
 
 
 def format_command(

@@ -141,14 +141,6 @@ def _lines(stored: str) -> tuple[str, ...]:
     return tuple(str(line) for line in lines) if isinstance(lines, list) else ()
 
 
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def hash_token(token: str) -> str:
     """The SHA-256 hex digest under which a token is kept."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -551,7 +543,8 @@ class Store:
     # ---------------------------------------------------------------------------------------- users
     def add_user(self, name: str, admin: bool = False, replace: bool = False) -> str:
         """Create a user (or give an existing one a new token with ``replace``); returns the token, once."""
-        if not name or len(name) > 100 or not name.isprintable() or any(c.isspace() for c in name) or not _utf8(name):
+        # (a lone surrogate, which SQLite cannot store, is not printable either)
+        if not name or len(name) > 100 or not name.isprintable() or any(c.isspace() for c in name):
             raise StoreError(f"user name: 1-100 printable characters without spaces (got {name[:100]!a})")
         token = new_token()
         with self._lock:
