@@ -61,7 +61,7 @@ def measure(renders: int = 500, tasks: int = 100_000) -> dict[str, float]:
     gc.disable()  # as farmhand sim's loop does
     cpu = time.process_time()
     try:
-        rt.env.run()
+        rt.run()
     finally:
         if enabled:
             gc.enable()

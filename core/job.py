@@ -15,6 +15,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Sequence
 
+import msgspec
+
 from .frames import TaskFrames, block_tasks, frame_dependencies, task_order
 from .messages import (
     ActionDone,
@@ -60,29 +62,27 @@ OUTPUT_LINES_KEPT = 50
 ACTIONS = ("pause", "resume", "delete", "restart", "skip", "priority")
 
 
-class Task:
+class Task(msgspec.Struct, gc=False):
     """One task's mutable state inside its job.
 
-    Fields a new task has in common live on the class and are shadowed per instance once they change: a
-    job builds all its tasks at once (a hundred thousand in a large simulation), so building one sets only
-    what is its own.
+    A struct rather than a plain object: a job builds all its tasks at once (a hundred thousand in a large
+    simulation), and a struct is built in one call, keeps its fields in place rather than in a dictionary
+    (a third of the memory) and reads them faster on the dispatch and finish paths.
     """
 
-    state = WAITING
-    attempt = 0
-    failures = 0
-    unmet = 0
-    ready_time = 0.0
-    start_time = 0.0
-    run_id = 0
-    render = ""
-    percent = -1
+    index: int
+    frames: TaskFrames
+    rank: int
+    state: int = WAITING
+    attempt: int = 0
+    failures: int = 0
+    unmet: int = 0
+    ready_time: float = 0.0
+    start_time: float = 0.0
+    run_id: int = 0
+    render: str = ""
+    percent: int = -1
     output: tuple[str, ...] = ()
-
-    def __init__(self, index: int, frames: TaskFrames, rank: int) -> None:
-        self.index = index
-        self.frames = frames
-        self.rank = rank
 
     @property
     def frames_text(self) -> str:
@@ -158,20 +158,15 @@ class Block:
         return template
 
 
-class LiveRun:
+class LiveRun(msgspec.Struct, gc=False):
     """A run this job started and has not yet seen end: enough to record it when it does."""
 
-    __slots__ = ("attempt", "block", "ready_time", "render", "start_time", "task")
-
-    def __init__(
-        self, block: int, task: int, attempt: int, render: str, start_time: float, ready_time: float
-    ) -> None:
-        self.block = block
-        self.task = task
-        self.attempt = attempt
-        self.render = render
-        self.start_time = start_time
-        self.ready_time = ready_time
+    block: int
+    task: int
+    attempt: int
+    render: str
+    start_time: float
+    ready_time: float
 
 
 class JobBehaviour(MessageRouter):

@@ -29,8 +29,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from simpy.core import EmptySchedule
-
 from farmhand.core.messages import (
     Assign,
     JobAccepted,
@@ -149,6 +147,8 @@ class _Collector(MessageRouter):
         self.progress_every = every
         self.last_progress = 0
         self.rt: SimRuntime | None = None
+        #: called once every job is terminal (the runtime's halt)
+        self.on_finished: Callable[[], None] | None = None
         self._handlers = {RunRecord: self._on_record, JobStateChanged: self._on_job_state}
 
     def _on_record(self, msg: RunRecord, _ctx: object) -> None:
@@ -180,6 +180,8 @@ class _Collector(MessageRouter):
 
     def _check(self) -> None:
         self.finished = self.terminal >= self.jobs_total
+        if self.finished and self.on_finished is not None:
+            self.on_finished()
 
 
 def run_sim(
@@ -320,25 +322,16 @@ def _run(
     max_time: float | None,
 ) -> bool:
     """Step the environment until every job is terminal; True if it stopped because nothing could move."""
-    env = rt.env
-    step = env.step
-    queue = env._queue
     limit = math.inf if max_time is None else max_time
     stalled = [False]
     if watch:
         _watch_for_stall(rt, collector, workers, faults, stalled)
-    with _cycle_collector_paused():
-        try:
-            if limit == math.inf:
-                while not collector.finished and not stalled[0]:
-                    step()
-            else:
-                while not collector.finished and not stalled[0]:
-                    if queue and queue[0][0] > limit:
-                        break
-                    step()
-        except EmptySchedule:
-            return not collector.finished
+    collector.on_finished = rt.halt
+    if not collector.finished:
+        with _cycle_collector_paused():
+            rt.run(limit)
+    if not collector.finished and not stalled[0] and not rt.env._queue:
+        return True  # nothing left to happen, and not every job is terminal
     return stalled[0]
 
 
@@ -388,6 +381,7 @@ def _watch_for_stall(
         )
         if quiet:
             stalled[0] = True
+            rt.halt()
             return
         last[0] = mark
         rt.call_at(rt.now + every, look)

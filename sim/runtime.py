@@ -24,10 +24,11 @@ Behaviours run only inside :meth:`SimRuntime.drain`; a host feeds the simulation
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Hashable
-from heapq import heappush
+from heapq import heappop, heappush
 from typing import Any
 
 import simpy
@@ -99,17 +100,21 @@ class SimContext:
     behaviour never needs to wake the runtime up.
     """
 
-    __slots__ = ("_address", "_append", "_random", "_remote", "_rt", "next_id")
+    __slots__ = ("_address", "_append", "_env", "_fire", "_random", "_remote", "_rt", "next_id", "timers")
 
     now: float = 0.0
 
     def __init__(self, runtime: SimRuntime, address: Address, remote: bool) -> None:
         self._rt = runtime
+        self._env = runtime.env
+        self._fire = runtime._fire_timer
         self._address = address
         self._remote = remote
         self._random: random.Random | None = None
         self._append = runtime.queue.append
         self.next_id: Callable[[], int] = runtime.ids.__next__
+        #: this behaviour's pending timers: key -> the SimPy event of the live one
+        self.timers: dict[Hashable, _Due] = {}
 
     @property
     def address(self) -> Address:
@@ -132,17 +137,13 @@ class SimContext:
             self._append((to, message))
 
     def set_timer(self, key: Hashable, at: float, message: Message) -> None:
-        rt = self._rt
-        env = rt.env
-        token = next(rt._tokens)
-        address = self._address
-        rt.timers[(address, key)] = token
+        env = self._env
+        due = self.timers[key] = _Due(env, (self, key, message), self._fire)
         now = env._now
-        heappush(env._queue, (at if at > now else now, NORMAL, next(env._eid),
-                              _Due(env, (address, key, token, message), rt._fire_timer)))
+        heappush(env._queue, (at if at > now else now, NORMAL, next(env._eid), due))
 
     def cancel_timer(self, key: Hashable) -> None:
-        self._rt.timers.pop((self._address, key), None)
+        self.timers.pop(key, None)
 
     def spawn(self, address: Address, behaviour: Behaviour) -> None:
         self._rt.spawn(address, behaviour)
@@ -193,13 +194,11 @@ class SimRuntime:
         #: messages due now, drained in order
         self.queue: deque[tuple[Address, Message]] = deque()
         self.draining = False
-        #: pending timers: (address, key) -> the token of the live one
-        self.timers: dict[tuple[Address, Hashable], int] = {}
-        self._tokens = itertools.count(1)
         self._batches: dict[float, list[tuple[Address, Message]]] = {}
         self._link_clock: dict[tuple[Address, Address], float] = {}
         self._stopping: set[Address] = set()
         self._kicked = False
+        self._halted = False
         #: messages and timer firings handled (behaviours and sinks)
         self.delivered = 0
         self.lost = 0
@@ -317,25 +316,25 @@ class SimRuntime:
 
     # ---------------------------------------------------------------------------------------- timers
     def set_timer(self, address: Address, key: Hashable, at: float, message: Message) -> None:
-        """Deliver ``message`` to ``address`` at ``at``, replacing its pending timer ``key``."""
-        token = next(self._tokens)
-        self.timers[(address, key)] = token
-        env = self.env
-        env.schedule_at(_Due(env, (address, key, token, message), self._fire_timer), at)
+        """Deliver ``message`` to the behaviour at ``address`` at ``at``, replacing its pending timer ``key``."""
+        ctx = self.context(address)
+        if ctx is None:
+            raise KeyError(f"no behaviour is hosted at {address!r}")
+        ctx.set_timer(key, at, message)
 
     def cancel_timer(self, address: Address, key: Hashable) -> None:
         """Forget the pending timer ``key`` of ``address``."""
-        self.timers.pop((address, key), None)
+        ctx = self.context(address)
+        if ctx is not None:
+            ctx.cancel_timer(key)
 
     def _fire_timer(self, event: Event) -> None:
-        address, key, token, message = event._value
-        slot = (address, key)
-        live = self.timers.pop(slot, None)
-        if live != token:  # replaced or cancelled
-            if live is not None:
-                self.timers[slot] = live
-            return
-        self.queue.append((address, message))
+        ctx, key, message = event._value
+        timers = ctx.timers
+        if timers.get(key) is not event:
+            return  # replaced or cancelled
+        del timers[key]
+        self.queue.append((ctx._address, message))
         if not self.draining:
             self.drain()
 
@@ -345,9 +344,47 @@ class SimRuntime:
 
     def pending_timers(self, name_filter: Callable[[Hashable], bool] | None = None) -> int:
         """How many timers are pending (optionally only those whose key passes ``name_filter``)."""
+        contexts = [ctx for _, ctx in self.hosted.values() if ctx is not None]
         if name_filter is None:
-            return len(self.timers)
-        return sum(1 for _, key in self.timers if name_filter(key))
+            return sum(len(ctx.timers) for ctx in contexts)
+        return sum(1 for ctx in contexts for key in ctx.timers if name_filter(key))
+
+    # ---------------------------------------------------------------------------------------- running
+    def run(self, until: float = math.inf) -> bool:
+        """Process the environment's events in time order until none is left, the next lies beyond ``until``,
+        or :meth:`halt` is called; True if it was halted.
+
+        The same as stepping ``env`` (``env.run()``), minus a call and the bookkeeping of ``env.step`` per
+        event: the simulator's loop. Events of the runtime (deliveries, timers) only queue their messages,
+        and the loop drains the queue after each event, so behaviours see the very same order of messages.
+        """
+        env = self.env
+        heap = env._queue
+        drain = self.drain
+        queue = self.queue
+        self._halted = False
+        self.draining = True  # events only queue their messages: the loop drains after each
+        try:
+            while heap and not self._halted:
+                if heap[0][0] > until:
+                    break
+                env._now, _, _, event = heappop(heap)
+                callbacks, event.callbacks = event.callbacks, None
+                for callback in callbacks:
+                    callback(event)
+                if not event._ok and not hasattr(event, "_defused"):
+                    raise event._value
+                if queue:
+                    self.draining = False
+                    drain()
+                    self.draining = True
+        finally:
+            self.draining = False
+        return self._halted
+
+    def halt(self) -> None:
+        """Make :meth:`run` return after the event it is processing."""
+        self._halted = True
 
     # ---------------------------------------------------------------------------------------- delivery
     def drain(self) -> None:
@@ -387,9 +424,9 @@ class SimRuntime:
     def _finish_stops(self) -> None:
         for address in sorted(self._stopping):
             self.behaviours.pop(address, None)
-            self.hosted.pop(address, None)
-            for slot in [slot for slot in self.timers if slot[0] == address]:
-                del self.timers[slot]
+            entry = self.hosted.pop(address, None)
+            if entry is not None and entry[1] is not None:
+                entry[1].timers.clear()
         self._stopping.clear()
 
 

@@ -173,7 +173,7 @@ def test_timers_fire_replace_and_cancel_by_key() -> None:
     rt.send_at(1.0, "t", Tick(rt.next_id(), "setup"))
     run(rt)
     assert timed.fired == [(1.0, "past"), (6.0, "b"), (7.0, "a-second")]
-    assert rt.timers == {}
+    assert rt.pending_timers() == 0
 
 
 class Stopper:
@@ -196,7 +196,7 @@ def test_stop_removes_the_behaviour_and_its_timers() -> None:
     assert stopper.seen == 1
     assert rt.behaviour("s") is None
     assert rt.dropped == 1  # the message it sent itself found nobody
-    assert rt.timers == {}
+    assert rt.pending_timers() == 0
 
 
 def test_spawning_twice_is_refused_and_bad_models_too() -> None:
