@@ -192,6 +192,7 @@ class JobBehaviour(MessageRouter):
         self.blocks = [Block(i, b) for i, b in enumerate(spec.blocks)]
         self.total_tasks = sum(len(b.tasks) for b in self.blocks)
         self.live: dict[int, LiveRun] = {}
+        self._render_addresses: dict[str, str] = {}  # render name -> its address, made once
         self.capped = spec.max_running_tasks is not None or any(
             b.max_running_tasks is not None for b in spec.blocks
         )
@@ -327,10 +328,20 @@ class JobBehaviour(MessageRouter):
     def _on_dispatch(self, msg: Dispatch, ctx: Context) -> None:
         block = self.blocks[msg.block]
         block.handled += 1
-        accepting = self.started and not (self.paused or self.deleted)
         task = None
-        if block.ready > 0 and accepting and (not self.capped or self.dispatchable(block) > 0):
-            task = self._pop_ready(block)
+        if (
+            block.ready > 0
+            and self.started
+            and not (self.paused or self.deleted)
+            and (not self.capped or self.dispatchable(block) > 0)
+        ):
+            heap = block.heap
+            tasks = block.tasks
+            while heap:  # the next ready task in the block's order (entries of tasks no longer ready are stale)
+                candidate = tasks[heapq.heappop(heap)[1]]
+                if candidate.state == READY:
+                    task = candidate
+                    break
         if task is None:
             self._report(block, ctx)
             ctx.send(SOLVER, DispatchDeclined(ctx.next_id(), msg.id, self.job_id, msg.block, msg.render))
@@ -339,7 +350,7 @@ class JobBehaviour(MessageRouter):
         run_id = msg.id
         render = msg.render
         task.state = RUNNING
-        task.attempt += 1
+        attempt = task.attempt = task.attempt + 1
         task.run_id = run_id
         task.render = render
         task.start_time = now
@@ -347,34 +358,26 @@ class JobBehaviour(MessageRouter):
         block.ready -= 1
         block.running += 1
         self.running += 1
-        self.live[run_id] = LiveRun(block.index, task.index, task.attempt, render, now, task.ready_time)
-        ctx.send(render_address(render), self._assign(block, task, msg, ctx))
-        if self.task_events:
-            self._changed(block, task, ctx)
-        if self.capped:
-            self._report_after_run_change(block, ctx)
-
-    def _pop_ready(self, block: Block) -> Task | None:
-        heap = block.heap
-        tasks = block.tasks
-        while heap:
-            _, index = heapq.heappop(heap)
-            task = tasks[index]
-            if task.state == READY:
-                return task
-        return None
-
-    def _assign(self, block: Block, task: Task, msg: Dispatch, ctx: Context) -> Assign:
+        self.live[run_id] = LiveRun(block.index, task.index, attempt, render, now, task.ready_time)
+        address = self._render_addresses.get(render)
+        if address is None:
+            address = self._render_addresses[render] = render_address(render)
         spec = block.spec
         f = task.frames
         template = block.command if f.command is spec.command else block.template(f.command)
         assert template is not None  # validated: a block without a command has commands on every task
-        command = template.fill(f.first, f.last, f.step, task.index, self.job_id, spec.name)
-        return Assign(
-            ctx.next_id(), msg.id, self.job_id, block.index, task.index, task.attempt, msg.render, command,
-            f.name, self.spec.name, spec.name, spec.capacity, spec.memory_mb, spec.working_dir, spec.env,
-            spec.timeout_s, spec.progress,
+        ctx.send(
+            address,
+            Assign(
+                ctx.next_id(), run_id, self.job_id, block.index, task.index, attempt, render,
+                template.fill(f.first, f.last, f.step, task.index, self.job_id, spec.name), f.name, self.spec.name,
+                spec.name, spec.capacity, spec.memory_mb, spec.working_dir, spec.env, spec.timeout_s, spec.progress,
+            ),
         )
+        if self.task_events:
+            self._changed(block, task, ctx)
+        if self.capped:
+            self._report_after_run_change(block, ctx)
 
     # ---------------------------------------------------------------------------------------- reports
     def _current(self, block_index: int, task_index: int, run_id: int) -> tuple[Block, Task] | None:
@@ -405,21 +408,23 @@ class JobBehaviour(MessageRouter):
         if msg.lines:
             task.output = (task.output + msg.lines)[-OUTPUT_LINES_KEPT:]
 
-    def _close_run(self, run_id: int, state: str, ctx: Context, finished_at: float = -1.0) -> LiveRun | None:
-        """Record the end of a run this job started and free its capacity; None if unknown."""
-        live = self.live.pop(run_id, None)
-        if live is None:
-            return None
-        block = self.blocks[live.block]
-        task = block.tasks[live.task]
+    def _record_run(self, live: LiveRun, task: Task, block: Block, state: str, ctx: Context, at: float) -> None:
+        """Tell the event sink how a run this job started ended (at ``at``)."""
         ctx.send(
             EVENTS,
             RunRecord(
                 ctx.next_id(), self.job_id, self.spec.name, self.user, block.spec.name, task.frames.name,
                 task.frames_text, live.render, live.attempt, state, self.submit_time, live.ready_time,
-                live.start_time, finished_at if finished_at >= 0.0 else ctx.now,
+                live.start_time, at,
             ),
         )
+
+    def _close_run(self, run_id: int, state: str, ctx: Context) -> LiveRun | None:
+        """Forget a run this job started and record its end now; None if unknown."""
+        live = self.live.pop(run_id, None)
+        if live is not None:
+            block = self.blocks[live.block]
+            self._record_run(live, block.tasks[live.task], block, state, ctx, ctx.now)
         return live
 
     def _end_current(self, block: Block, task: Task) -> None:
@@ -429,7 +434,7 @@ class JobBehaviour(MessageRouter):
 
     def _on_finished(self, msg: TaskFinished, ctx: Context) -> None:
         run_id = msg.run_id
-        live = self.live.get(run_id)
+        live = self.live.pop(run_id, None)
         if live is None:
             return
         if msg.started_at >= 0.0:
@@ -443,11 +448,13 @@ class JobBehaviour(MessageRouter):
             state = "killed"  # we stopped it (restart, skip): whatever it did is not counted, so not "done"
         elif state != "done" and state != "error" and state != "killed":
             state = "error"
-        self._close_run(run_id, state, ctx, msg.finished_at)
+        self._record_run(live, task, block, state, ctx, msg.finished_at if msg.finished_at >= 0.0 else ctx.now)
         if current:
             if msg.output_tail:
                 task.output = (task.output + msg.output_tail)[-OUTPUT_LINES_KEPT:]
-            self._end_current(block, task)
+            task.run_id = 0  # as _end_current, inline on the hot path
+            block.running -= 1
+            self.running -= 1
             if state == "done":
                 task.percent = 100
                 self._finish_task(block, task, DONE, ctx)  # reports the blocks it released
@@ -459,7 +466,8 @@ class JobBehaviour(MessageRouter):
             if self.task_events:
                 self._changed(block, task, ctx)
         ctx.send(SOLVER, RunEnded(ctx.next_id(), run_id, self.job_id))
-        self._update_job_state(ctx)
+        if self.state != "active" or self.error_tasks or self.finished_tasks == self.total_tasks:
+            self._update_job_state(ctx)  # it can change only then: the common case skips the call
 
     def _on_lost(self, msg: RunLost, ctx: Context) -> None:
         live = self.live.get(msg.run_id)

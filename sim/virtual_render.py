@@ -93,7 +93,7 @@ class VirtualWorker(MessageRouter):
         elif name == "crash":  # the machine dies: its runs vanish, it falls silent
             self.up = False
             for run_id in list(self.running):
-                ctx.cancel_timer(("run", run_id))
+                ctx.cancel_timer(run_id)
             self.running.clear()
             self._timed_out.clear()
             self._started.clear()
@@ -123,22 +123,26 @@ class VirtualWorker(MessageRouter):
     def _on_assign(self, msg: Assign, ctx: Context) -> None:
         if not (self.up and self.welcomed):
             return
-        self.running[msg.run_id] = msg
-        self._started[msg.run_id] = ctx.now  # reported with the finish: no TaskStarted message on this clock
+        run_id = msg.run_id
+        now = ctx.now
+        self.running[run_id] = msg
+        self._started[run_id] = now  # reported with the finish: no TaskStarted message on this clock
         seconds = self.duration(msg) / self.speed
-        if msg.timeout_s is not None and seconds > msg.timeout_s:
-            seconds = msg.timeout_s
-            self._timed_out.add(msg.run_id)
-        ctx.set_timer(("run", msg.run_id), ctx.now + seconds, Tick(ctx.next_id(), "finish", msg.run_id))
+        timeout = msg.timeout_s
+        if timeout is not None and seconds > timeout:
+            seconds = timeout
+            self._timed_out.add(run_id)
+        ctx.set_timer(run_id, now + seconds, Tick(ctx.next_id(), "finish", run_id))  # keyed by the run's id
 
     def _finish(self, run_id: int, ctx: Context) -> None:
         assign = self.running.pop(run_id, None)
         if assign is None:
             return
-        timed_out = run_id in self._timed_out
-        if timed_out:
+        timed_out = False
+        if self._timed_out and run_id in self._timed_out:
             self._timed_out.discard(run_id)
-        started = self._started.pop(run_id, ctx.now)
+            timed_out = True
+        now = ctx.now
         failed = (
             timed_out
             or (self.fails is not None and self.fails(assign))
@@ -149,8 +153,8 @@ class VirtualWorker(MessageRouter):
             self._render,
             TaskFinished(
                 ctx.next_id(), run_id, assign.job_id, assign.block, assign.task, assign.attempt, assign.render,
-                "error" if failed else "done", 1 if failed else 0, (), "timeout" if timed_out else "", started,
-                ctx.now,
+                "error" if failed else "done", 1 if failed else 0, (), "timeout" if timed_out else "",
+                self._started.pop(run_id, now), now,
             ),
         )
 
@@ -158,7 +162,7 @@ class VirtualWorker(MessageRouter):
         assign = self.running.pop(msg.run_id, None)
         if assign is None:
             return
-        ctx.cancel_timer(("run", msg.run_id))
+        ctx.cancel_timer(msg.run_id)
         self._timed_out.discard(msg.run_id)
         started = self._started.pop(msg.run_id, ctx.now)
         ctx.send(
