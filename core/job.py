@@ -287,11 +287,23 @@ class JobBehaviour(MessageRouter):
 
     def _release_ready(self, blocks: Iterable[Block], ctx: Context) -> None:
         """Make every waiting task of ``blocks`` whose conditions hold ready, then report."""
+        now = ctx.now
         for block in blocks:
             if block.blocked == 0 and not self.gated:
+                released = []  # as _make_ready, for a whole block at once (a job's start releases every task)
                 for task in block.tasks:
                     if task.state == WAITING and task.unmet == 0:
-                        self._make_ready(block, task, ctx.now)
+                        task.state = READY
+                        task.ready_time = now
+                        released.append((task.rank, task.index))
+                if released:
+                    block.ready += len(released)
+                    heap = block.heap
+                    if heap:
+                        heap.extend(released)
+                    else:
+                        block.heap = heap = released
+                    heapq.heapify(heap)
             self._report(block, ctx)
 
     def dispatchable(self, block: Block) -> int:

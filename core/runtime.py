@@ -21,9 +21,22 @@ REGISTRY: Address = "registry"
 EVENTS: Address = "events"
 
 
+_JOB_ADDRESSES: dict[int, Address] = {}
+_JOB_ADDRESSES_KEPT = 65536
+
+
 def job_address(job_id: int) -> Address:
-    """The address of the behaviour that owns job ``job_id``."""
-    return f"job/{job_id}"
+    """The address of the behaviour that owns job ``job_id``.
+
+    Remembered (up to a bound): the address is made on every report a render forwards, and a string made
+    once also keeps its hash for the runtime's lookups.
+    """
+    address = _JOB_ADDRESSES.get(job_id)
+    if address is None:
+        if len(_JOB_ADDRESSES) >= _JOB_ADDRESSES_KEPT:
+            _JOB_ADDRESSES.clear()
+        address = _JOB_ADDRESSES[job_id] = f"job/{job_id}"
+    return address
 
 
 def render_address(name: str) -> Address:
