@@ -81,7 +81,6 @@ class RenderSlot:
         "paused",
         "per_block",
         "per_job",
-        "runs",
         "seq",
         "tags",
     )
@@ -100,7 +99,6 @@ class RenderSlot:
         self.paused = False
         self.idle = False
         self.held_for: BlockEntry | None = None  # a starving block this render is kept free for
-        self.runs: set[int] = set()
         self.per_job: dict[int, int] = {}
         self.per_block: dict[tuple[int, int], int] = {}
         self.compat: list[frozenset[str]] = []
@@ -204,6 +202,7 @@ class Solver(MessageRouter):
 
     def __init__(self, policy: Policy, reserve_after_s: float | None = 60.0) -> None:
         self.policy = policy
+        self._grouped = policy.grouped  # the policy orders users first (read on every dispatch and run end)
         #: the starvation guard: a block that ranks first for a render but has not fitted in its free
         #: capacity for this long gets the render kept free for it (None: never)
         self.reserve_after_s = reserve_after_s
@@ -269,10 +268,10 @@ class Solver(MessageRouter):
 
     def _index_group(self, user: UserGroup) -> UserGroup:
         """The group whose index holds this user's entries."""
-        return user if self.policy.grouped else self._shared_group
+        return user if self._grouped else self._shared_group
 
     def _rekey_group(self, group: UserGroup, now: float) -> None:
-        if not self.policy.grouped or group.item is None:
+        if not self._grouped or group.item is None:
             return
         self._groups.remove(group.item)
         group.item = (self.policy.user_key(group, now), group.seq)
@@ -299,7 +298,7 @@ class Solver(MessageRouter):
         bucket.add(entry.item)
         group.count += 1
         if group.count == 1:
-            group.item = (self.policy.user_key(group, now), group.seq) if self.policy.grouped else (0,)
+            group.item = (self.policy.user_key(group, now), group.seq) if self._grouped else (0,)
             self._groups.add(group.item)
 
     def _unindex(self, entry: BlockEntry) -> None:
@@ -355,7 +354,7 @@ class Solver(MessageRouter):
     def decide(self, render: RenderSlot) -> BlockEntry | None:
         """The best entry, under the policy, that may run a task on ``render`` now; None if there is none."""
         tagsets = render.compat if render.compat_version == self._tagset_version else self._compatible_tagsets(render)
-        if not self.policy.grouped:
+        if not self._grouped:
             group = self._shared_group
             if not group.count:
                 return None
@@ -523,11 +522,10 @@ class Solver(MessageRouter):
         render.free_cap -= capacity
         render.free_mem -= memory
         render.free_tasks -= 1
-        render.runs.add(run_id)
         self.runs[run_id] = (render, entry, capacity, memory)
         if entry is None:
             return
-        if entry.simple and not self.policy.grouped:  # the hot path: no per-render caps, no user keys
+        if entry.simple and not self._grouped:  # the hot path: no per-render caps, no user keys
             user = entry.job.group
             user.running_capacity += capacity
             user.running_tasks += 1
@@ -542,11 +540,11 @@ class Solver(MessageRouter):
             key = (job.job_id, entry.needs.block)
             render.per_block[key] = render.per_block.get(key, 0) + 1
         user = job.group
-        if self.policy.grouped:
+        if self._grouped:
             self.policy.account(user, now)
         user.running_capacity += capacity
         user.running_tasks += 1
-        if self.policy.grouped:
+        if self._grouped:
             self._rekey_group(user, now)
 
     def _release(self, run_id: int, now: float) -> RenderSlot | None:
@@ -558,7 +556,6 @@ class Solver(MessageRouter):
         render.free_cap += capacity
         render.free_mem += memory
         render.free_tasks += 1
-        render.runs.discard(run_id)
         if entry is not None:
             job = entry.job
             if job.max_per_render is not None:
@@ -566,11 +563,11 @@ class Solver(MessageRouter):
             if entry.needs.max_per_render is not None:
                 _decrement(render.per_block, (job.job_id, entry.needs.block))
             user = job.group
-            if self.policy.grouped:
+            if self._grouped:
                 self.policy.account(user, now)
             user.running_capacity -= capacity
             user.running_tasks -= 1
-            if self.policy.grouped:
+            if self._grouped:
                 self._rekey_group(user, now)
         return render
 
@@ -661,10 +658,11 @@ class Solver(MessageRouter):
             # reports, and a dispatch still on its way to the render, which will run there
             self._set_idle(old, False)
             self._hold(old, None)
+            held = self.runs_on(old)
             for run_id in msg.lost:
-                if run_id in old.runs:
+                if run_id in held:
                     self._release(run_id, ctx.now)
-            for run_id in sorted(old.runs):
+            for run_id in self.runs_on(old):
                 _, entry, capacity, memory = self.runs[run_id]
                 self._release(run_id, ctx.now)
                 self._occupy(run_id, render, entry, capacity, memory, ctx.now)
@@ -683,7 +681,7 @@ class Solver(MessageRouter):
         self._set_idle(render, False)
         self._hold(render, None)
         render.online = False
-        for run_id in sorted(render.runs):
+        for run_id in self.runs_on(render):
             self._release(run_id, ctx.now)
         del self.renders[msg.render]
 
@@ -699,6 +697,13 @@ class Solver(MessageRouter):
             self._fill(render, ctx)
 
     # ---------------------------------------------------------------------------------------- views
+    def runs_on(self, render: RenderSlot) -> list[int]:
+        """The ids of the runs the ledger holds on ``render``, in order.
+
+        A scan of the ledger: only a render's loss or reconnection asks, and a render keeping no set of its
+        own saves the dispatch and finish paths a set update each."""
+        return sorted(run_id for run_id, run in self.runs.items() if run[0] is render)
+
     def ready_entries(self) -> Iterable[BlockEntry]:
         """Every indexed entry (for checks and monitoring)."""
         return (entry for entry in self._entries.values() if entry.item is not None)

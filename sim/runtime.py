@@ -196,7 +196,6 @@ class SimRuntime:
         self.draining = False
         self._batches: dict[float, list[tuple[Address, Message]]] = {}
         self._link_clock: dict[tuple[Address, Address], float] = {}
-        self._stopping: set[Address] = set()
         self._kicked = False
         self._halted = False
         #: messages and timer firings handled (behaviours and sinks)
@@ -225,8 +224,12 @@ class SimRuntime:
         self.remotes.add(address)
 
     def stop(self, address: Address) -> None:
-        """Stop hosting the behaviour at ``address`` once its current message is handled."""
-        self._stopping.add(address)
+        """Stop hosting the behaviour at ``address``: the message it is handling is its last, and its timers,
+        pending or set before that message's handler returns, never fire."""
+        self.behaviours.pop(address, None)
+        entry = self.hosted.pop(address, None)
+        if entry is not None and entry[1] is not None:
+            entry[1].timers = _NoTimers()
 
     def sink(self, address: Address, sink: Sink) -> None:
         """Send messages for ``address`` (or, ending in ``/``, any address with that prefix) to ``sink``."""
@@ -390,9 +393,8 @@ class SimRuntime:
     def drain(self) -> None:
         """Deliver every message due now, including those sent while delivering, in FIFO order."""
         queue = self.queue
-        get = self.hosted.get
+        hosted = self.hosted
         popleft = queue.popleft
-        stopping = self._stopping
         handled = 0
         self._context_class.now = self.env._now
         self.draining = True
@@ -400,15 +402,14 @@ class SimRuntime:
             while queue:
                 to, message = popleft()
                 handled += 1
-                entry = get(to)
-                if entry is not None:
-                    handler = entry[0].get(message.__class__)
-                    if handler is not None:
-                        handler(message, entry[1])
-                    if stopping:
-                        self._finish_stops()
-                else:
-                    self._to_prefix_sink(to, message)
+                try:  # free when nothing is missing (the usual case): cheaper than two lookups and two checks
+                    entry = hosted[to]
+                    handler = entry[0][message.__class__]
+                except KeyError:
+                    if to not in hosted:
+                        self._to_prefix_sink(to, message)
+                    continue  # a message the behaviour has no handler for is ignored
+                handler(message, entry[1])
         finally:
             self.draining = False
             self.delivered += handled
@@ -421,24 +422,23 @@ class SimRuntime:
         else:
             self.dropped += 1
 
-    def _finish_stops(self) -> None:
-        for address in sorted(self._stopping):
-            self.behaviours.pop(address, None)
-            entry = self.hosted.pop(address, None)
-            if entry is not None and entry[1] is not None:
-                entry[1].timers.clear()
-        self._stopping.clear()
+class _NoTimers(dict):  # type: ignore[type-arg]
+    """The timers of a stopped behaviour: whatever it sets is forgotten at once."""
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        pass
 
 
-class _EveryKind:
-    """A handler table that gives the same handler for every message class (a behaviour's own ``handle``)."""
-
-    __slots__ = ("_handler",)
+class _EveryKind(dict):  # type: ignore[type-arg]
+    """A handler table that gives the same handler for every message class (a behaviour's own ``handle``):
+    each class is looked up once, then found like in any other table."""
 
     def __init__(self, handler: Callable[[Message, Any], None]) -> None:
+        super().__init__()
         self._handler = handler
 
-    def get(self, _kind: type) -> Callable[[Message, Any], None]:
+    def __missing__(self, kind: type) -> Callable[[Message, Any], None]:
+        self[kind] = self._handler
         return self._handler
 
 

@@ -248,7 +248,7 @@ class Farm:
         for render in self.solver.renders.values():
             assert 0 <= render.free_cap <= render.capacity
             assert 0 <= render.free_tasks <= render.max_tasks
-            assert render.free_cap == render.capacity - sum(self.solver.runs[r][2] for r in render.runs)
+            assert render.free_cap == render.capacity - sum(self.solver.runs[r][2] for r in self.solver.runs_on(render))
 
     def add_render(self, name: str, seconds: float = 10.0, watch: bool = False, zombie_s: float = 60.0,
                    **info: Any) -> VirtualWorker:

@@ -72,7 +72,7 @@ class Harness:
         """Free capacity, memory and task slots match the runs held, and stay within 0..size."""
         s = self.solver
         for render in s.renders.values():
-            held = [s.runs[r] for r in render.runs]
+            held = [s.runs[r] for r in s.runs_on(render)]
             assert all(run[0] is render for run in held)
             assert render.free_cap == render.capacity - sum(run[2] for run in held)
             assert render.free_mem == render.memory - sum(run[3] for run in held)
@@ -80,7 +80,7 @@ class Harness:
             assert 0 <= render.free_cap <= render.capacity
             assert 0 <= render.free_tasks <= render.max_tasks
             assert 0 <= render.free_mem <= render.memory
-        assert set(s.runs) == {r for render in s.renders.values() for r in render.runs}
+        assert set(s.runs) == {r for render in s.renders.values() for r in s.runs_on(render)}
 
 
 def needs(block: int = 0, capacity: int = 1, memory_mb: int = 0, tags: tuple[str, ...] = (),
@@ -250,11 +250,11 @@ def test_reconnect_keeps_every_held_run_until_it_ends() -> None:
     r1 = h.solver.renders["r1"]
     # the worker's unknown run 555 takes capacity; the runs it did not report stay held: one may be a
     # dispatch not yet at the render, the others come back as RunEnded once their jobs hear they are lost
-    assert r1.runs == {kept.id, dropped.id, in_flight.id, 555}
+    assert set(h.solver.runs_on(r1)) == {kept.id, dropped.id, in_flight.id, 555}
     assert r1.per_job == {1: 3}  # the unclaimed run counts for no job yet
     assert h.solver.runs[kept.id][1] is h.solver.jobs[1].blocks[0] and h.solver.runs[555][1] is None
     assert r1.free_tasks == 0
-    assert h.ended(dropped.id, 1) == [] and dropped.id not in r1.runs
+    assert h.ended(dropped.id, 1) == [] and dropped.id not in h.solver.runs_on(r1)
     assert where(h.ready(1, 1, handled=3)) == [(1, 0, "r1")]
 
 
@@ -282,7 +282,7 @@ def test_a_smaller_render_back_without_its_runs_frees_them_at_once_and_never_goe
     assert len(again) == 1 and r1.free_cap == 0 and r1.free_tasks == 0  # checked >= 0 after every message
     for d in first:  # the jobs' RunEnded, later, release nothing twice
         assert h.ended(d.id, 1) == []
-    assert r1.free_cap == 0 and set(r1.runs) == {again[0].id}
+    assert r1.free_cap == 0 and set(h.solver.runs_on(r1)) == {again[0].id}
 
 
 def test_render_online_paused_gets_nothing() -> None:
@@ -306,8 +306,8 @@ def test_run_claimed_attaches_an_unclaimed_run_to_its_job() -> None:
     h.ended(got[0].id, 1)  # gives room back but the per-render cap of block 0 is free again too
     h.do(RunClaimed(h.ctx.next_id(), 777, 1, 0, "r1"))
     assert h.solver.runs[777][1] is h.solver.jobs[1].blocks[0]
-    assert r1.per_block.get((1, 0)) == 1 + sum(1 for r in r1.runs if r != 777)
-    assert h.solver.users["ann"].running_tasks == len(r1.runs)
+    assert r1.per_block.get((1, 0)) == 1 + sum(1 for r in h.solver.runs_on(r1) if r != 777)
+    assert h.solver.users["ann"].running_tasks == len(h.solver.runs_on(r1))
     # a claim for an unknown run or a run already counted changes nothing
     before = dict(r1.per_block)
     h.do(RunClaimed(h.ctx.next_id(), 777, 1, 0, "r1"))

@@ -331,7 +331,7 @@ class World:
             return False
         if render.name in entry.avoid:
             return False
-        here = [run[1] for run in (self.solver.runs[r] for r in render.runs) if run[1] is not None]
+        here = [run[1] for run in (self.solver.runs[r] for r in self.solver.runs_on(render)) if run[1] is not None]
         cap = block.max_running_tasks_per_render
         if cap is not None and sum(1 for e in here if e is entry) >= cap:
             return False
@@ -372,7 +372,8 @@ class World:
     def check_ledger(self) -> None:
         solver = self.solver
         for name, render in solver.renders.items():
-            held = [solver.runs[r] for r in render.runs]
+            on_render = solver.runs_on(render)
+            held = [solver.runs[r] for r in on_render]
             assert 0 <= render.free_cap <= render.capacity
             assert 0 <= render.free_tasks <= render.max_tasks
             assert 0 <= render.free_mem <= render.memory
@@ -380,7 +381,7 @@ class World:
             assert render.free_tasks == render.max_tasks - len(held)
             assert render.free_mem == render.memory - sum(run[3] for run in held)
             # every run the workers hold is one the ledger holds
-            assert set(self.occupancy[name]) <= render.runs, (name, self.occupancy[name], render.runs)
+            assert set(self.occupancy[name]) <= set(on_render), (name, self.occupancy[name], on_render)
 
     def check_occupancy(self, name: str) -> None:
         """The independent count: what the worker of ``name`` runs fits the render and the caps."""
