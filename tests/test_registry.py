@@ -314,3 +314,13 @@ def test_a_restored_job_whose_upstream_was_deleted_is_released_not_refused() -> 
     assert isinstance(restored, JobAccepted) and restored.job_id == 6
     job = rt.behaviour("job/6")
     assert job.waits_on == set() and job.started  # nothing to wait for: it is free to run
+
+
+def test_job_addresses_are_remembered_within_a_bound() -> None:
+    from farmhand.core import runtime
+
+    first = runtime.job_address(7)
+    assert first == "job/7" and runtime.job_address(7) is first  # made once
+    for job_id in range(1, runtime._JOB_ADDRESSES_KEPT + 10):
+        assert runtime.job_address(job_id) == f"job/{job_id}"
+    assert len(runtime._JOB_ADDRESSES) <= runtime._JOB_ADDRESSES_KEPT

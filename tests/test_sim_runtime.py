@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from farmhand.core.messages import Message, Tick
+from farmhand.core.runtime import MessageRouter
 from farmhand.sim.runtime import NetworkModel, SimRuntime
 
 
@@ -219,3 +220,96 @@ def test_prefix_sinks_and_host_sends() -> None:
     run(rt)
     assert got == [("client/a", 41), ("client/b", 42)]
     assert rt.now == 2.0
+
+
+class LateStopper:
+    """Stops, then sets a timer in the same handler: a stopped behaviour's timers never fire."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        self.seen += 1
+        ctx.stop()
+        ctx.set_timer("after-stop", ctx.now + 5, Tick(ctx.next_id(), "after-stop"))
+
+
+def test_a_timer_set_after_stop_never_fires() -> None:
+    rt = SimRuntime()
+    stopper = LateStopper()
+    rt.spawn("s", stopper)
+    rt.send_at(0.0, "s", Tick(rt.next_id(), "go"))
+    assert rt.run() is False
+    assert stopper.seen == 1 and rt.dropped == 0 and rt.delivered == 1
+
+
+def chatter(rt: SimRuntime) -> Recorder:
+    """Two paced talkers and a batch talker into one recorder, on a jittery network."""
+    sink = Recorder()
+    rt.spawn("sink", sink)
+    rt.spawn("p1", PacedTalker("sink", 5, "p1", 1.5), remote=True)
+    rt.spawn("p2", PacedTalker("sink", 5, "p2", 2.0))
+    rt.spawn("t", Talker(["sink"], 4, "t"), remote=True)
+    rt.send_at(0.0, "p1", Tick(rt.next_id(), "go"))
+    rt.send_at(0.25, "p2", Tick(rt.next_id(), "go"))
+    rt.send_at(1.0, "t", Tick(rt.next_id(), "go"))
+    return sink
+
+
+def test_the_runtime_loop_delivers_as_stepping_the_environment_does() -> None:
+    stepped = SimRuntime(seed=3, network=NetworkModel(latency=0.1, jitter=0.3))
+    by_steps = chatter(stepped)
+    stepped.env.run()
+    looped = SimRuntime(seed=3, network=NetworkModel(latency=0.1, jitter=0.3))
+    by_loop = chatter(looped)
+    assert looped.run() is False
+    assert by_loop.got == by_steps.got and len(by_loop.got) == 14
+    assert looped.delivered == stepped.delivered and looped.now == stepped.now
+
+
+def test_the_runtime_loop_stops_at_its_bound_and_when_halted() -> None:
+    rt = SimRuntime()
+    sink = chatter(rt)
+    assert rt.run(until=4.0) is False  # stops before the first event beyond 4 s; the rest waits
+    assert rt.now <= 4.0 and sink.got and all(at <= 4.0 for at, _, _ in sink.got)
+    seen = len(sink.got)
+    rt.call_at(6.0, rt.halt)
+    assert rt.run() is True  # halted after the event at 6 s
+    assert rt.now == 6.0 and seen < len(sink.got)
+    assert rt.run() is False  # and it goes on to the end when run again
+    assert len(sink.got) == 14
+
+
+class Faulty:
+    """A behaviour whose handler raises KeyError: the runtime must not take it for a missing handler."""
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        raise KeyError("inside the handler")
+
+
+def test_an_error_in_a_handler_or_a_failed_event_propagates() -> None:
+    rt = SimRuntime()
+    rt.spawn("f", Faulty())
+    rt.send_at(1.0, "f", Tick(rt.next_id(), "go"))
+    with pytest.raises(KeyError, match="inside the handler"):
+        rt.run()
+    rt = SimRuntime()
+    failed = rt.env.event()
+    failed.fail(ValueError("a failed SimPy event"))
+    with pytest.raises(ValueError, match="a failed SimPy event"):
+        rt.run()
+
+
+def test_messages_without_a_handler_are_ignored_and_unknown_addresses_dropped() -> None:
+    rt = SimRuntime()
+    rt.spawn("router", _TickOnly())
+    rt.send_at(0.0, "router", Message(rt.next_id()))  # no handler for this kind: ignored, not dropped
+    rt.send_at(0.0, "nobody", Tick(rt.next_id(), "x"))  # nobody there: dropped
+    rt.run()
+    assert rt.delivered == 2 and rt.dropped == 1
+
+
+
+class _TickOnly(MessageRouter):
+    def __init__(self) -> None:
+        self._handlers = {Tick: lambda message, ctx: None}
