@@ -81,6 +81,7 @@ class RenderSlot:
         "paused",
         "per_block",
         "per_job",
+        "runs",
         "seq",
         "tags",
     )
@@ -99,6 +100,7 @@ class RenderSlot:
         self.paused = False
         self.idle = False
         self.held_for: BlockEntry | None = None  # a starving block this render is kept free for
+        self.runs: set[int] = set()  # the ledger's runs on this render
         self.per_job: dict[int, int] = {}
         self.per_block: dict[tuple[int, int], int] = {}
         self.compat: list[frozenset[str]] = []
@@ -522,6 +524,7 @@ class Solver(MessageRouter):
         render.free_cap -= capacity
         render.free_mem -= memory
         render.free_tasks -= 1
+        render.runs.add(run_id)
         self.runs[run_id] = (render, entry, capacity, memory)
         if entry is None:
             return
@@ -556,6 +559,7 @@ class Solver(MessageRouter):
         render.free_cap += capacity
         render.free_mem += memory
         render.free_tasks += 1
+        render.runs.discard(run_id)
         if entry is not None:
             job = entry.job
             if job.max_per_render is not None:
@@ -658,9 +662,8 @@ class Solver(MessageRouter):
             # reports, and a dispatch still on its way to the render, which will run there
             self._set_idle(old, False)
             self._hold(old, None)
-            held = self.runs_on(old)
             for run_id in msg.lost:
-                if run_id in held:
+                if run_id in old.runs:
                     self._release(run_id, ctx.now)
             for run_id in self.runs_on(old):
                 _, entry, capacity, memory = self.runs[run_id]
@@ -698,11 +701,8 @@ class Solver(MessageRouter):
 
     # ---------------------------------------------------------------------------------------- views
     def runs_on(self, render: RenderSlot) -> list[int]:
-        """The ids of the runs the ledger holds on ``render``, in order.
-
-        A scan of the ledger: only a render's loss or reconnection asks, and a render keeping no set of its
-        own saves the dispatch and finish paths a set update each."""
-        return sorted(run_id for run_id, run in self.runs.items() if run[0] is render)
+        """The ids of the runs the ledger holds on ``render``, in order."""
+        return sorted(render.runs)
 
     def ready_entries(self) -> Iterable[BlockEntry]:
         """Every indexed entry (for checks and monitoring)."""

@@ -319,7 +319,10 @@ class SimRuntime:
 
     # ---------------------------------------------------------------------------------------- timers
     def set_timer(self, address: Address, key: Hashable, at: float, message: Message) -> None:
-        """Deliver ``message`` to the behaviour at ``address`` at ``at``, replacing its pending timer ``key``."""
+        """Deliver ``message`` to the behaviour at ``address`` at ``at``, replacing its pending timer ``key``.
+
+        Timers belong to a hosted behaviour (KeyError otherwise); a host's own input for any address, a sink's
+        included, is :meth:`send_at`."""
         ctx = self.context(address)
         if ctx is None:
             raise KeyError(f"no behaviour is hosted at {address!r}")
@@ -357,32 +360,21 @@ class SimRuntime:
         """Process the environment's events in time order until none is left, the next lies beyond ``until``,
         or :meth:`halt` is called; True if it was halted.
 
-        The same as stepping ``env`` (``env.run()``), minus a call and the bookkeeping of ``env.step`` per
-        event: the simulator's loop. Events of the runtime (deliveries, timers) only queue their messages,
-        and the loop drains the queue after each event, so behaviours see the very same order of messages.
+        Exactly what stepping ``env`` does (``env.run()``), event by event and in the same order, minus a call
+        and the bookkeeping of ``env.step`` per event: the simulator's loop.
         """
         env = self.env
         heap = env._queue
-        drain = self.drain
-        queue = self.queue
         self._halted = False
-        self.draining = True  # events only queue their messages: the loop drains after each
-        try:
-            while heap and not self._halted:
-                if heap[0][0] > until:
-                    break
-                env._now, _, _, event = heappop(heap)
-                callbacks, event.callbacks = event.callbacks, None
-                for callback in callbacks:
-                    callback(event)
-                if not event._ok and not hasattr(event, "_defused"):
-                    raise event._value
-                if queue:
-                    self.draining = False
-                    drain()
-                    self.draining = True
-        finally:
-            self.draining = False
+        while heap and not self._halted:
+            if heap[0][0] > until:
+                break
+            env._now, _, _, event = heappop(heap)
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            if not event._ok and not hasattr(event, "_defused"):
+                raise event._value
         return self._halted
 
     def halt(self) -> None:

@@ -313,3 +313,43 @@ def test_messages_without_a_handler_are_ignored_and_unknown_addresses_dropped() 
 class _TickOnly(MessageRouter):
     def __init__(self) -> None:
         self._handlers = {Tick: lambda message, ctx: None}
+
+
+class Echo:
+    """Records the names of the ticks it gets; answers 'h' with a 'c' to itself."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[float, str, int]] = []
+
+    def handle(self, message: Message, ctx: Any) -> None:
+        assert isinstance(message, Tick)
+        self.got.append((ctx.now, message.name, message.ref))
+        if message.name == "h":
+            ctx.send(ctx.address, Tick(ctx.next_id(), "c"))
+
+
+def host_and_cascade(rt: SimRuntime) -> Echo:
+    """At t=1 a host callback sends 'h' straight in, and a delivery batch brings 'b', both due at once."""
+    echo = Echo()
+    rt.spawn("echo", echo)
+    rt.call_at(1.0, lambda: rt.send("echo", Tick(rt.next_id(), "h")))
+    rt.send_at(1.0, "echo", Tick(rt.next_id(), "b"))
+    return echo
+
+
+def test_a_host_send_from_a_callback_keeps_the_order_of_stepping() -> None:
+    stepped = SimRuntime()
+    by_steps = host_and_cascade(stepped)
+    stepped.env.run()
+    looped = SimRuntime()
+    by_loop = host_and_cascade(looped)
+    looped.run()
+    assert [name for _, name, _ in by_loop.got] == [name for _, name, _ in by_steps.got]
+    assert [name for _, name, _ in by_loop.got] == ["h", "b", "c"]
+
+
+def test_timers_belong_to_hosted_behaviours() -> None:
+    rt = SimRuntime()
+    rt.sink("client/", lambda to, m: None)
+    with pytest.raises(KeyError, match="no behaviour is hosted at 'client/a'"):
+        rt.set_timer("client/a", "k", 1.0, Tick(rt.next_id(), "x"))
