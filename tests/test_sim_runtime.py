@@ -315,16 +315,12 @@ class _TickOnly(MessageRouter):
         self._handlers = {Tick: lambda message, ctx: None}
 
 
-class Echo:
-    """Records the names of the ticks it gets; answers 'h' with a 'c' to itself."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[float, str, int]] = []
+class Echo(Recorder):
+    """A recorder that answers 'h' with a 'c' to itself."""
 
     def handle(self, message: Message, ctx: Any) -> None:
-        assert isinstance(message, Tick)
-        self.got.append((ctx.now, message.name, message.ref))
-        if message.name == "h":
+        super().handle(message, ctx)
+        if isinstance(message, Tick) and message.name == "h":
             ctx.send(ctx.address, Tick(ctx.next_id(), "c"))
 
 
