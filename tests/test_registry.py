@@ -20,7 +20,11 @@ from farmhand.core.messages import (
     JobOpened,
     JobRefused,
     JobStateChanged,
+    KillRun,
     Message,
+    ReclaimRun,
+    RunEnded,
+    RunningRun,
     StartJob,
     SubmitJob,
 )
@@ -227,19 +231,9 @@ def test_a_delete_refused_for_rights_does_not_block_later_actions() -> None:
 
 
 def test_only_an_admin_may_submit_a_job_for_another_user() -> None:
-    from farmhand.core.manual_runtime import ManualRuntime
-    from farmhand.core.messages import Actor, JobAccepted, JobRefused, SubmitJob
-    from farmhand.core.registry import Registry
-    from farmhand.core.runtime import REGISTRY
-    from farmhand.core.spec import parse_job
-
-    rt = ManualRuntime()
-    rt.spawn(REGISTRY, Registry())
-    replies: list[Message] = []
-    rt.sink("client", lambda _to, m: replies.append(m))
-    rt.sink("job/", lambda _to, _m: None)
+    desk = Desk()
+    rt, replies = desk.rt, desk.replies
     spec = parse_job({"name": "theirs", "blocks": [{"name": "b", "command": "x", "tasks": [{"name": "t"}]}]})
-    rt.spawn("solver", _Null())
     rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "bob", "client", by=Actor("ann")))
     rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann", "client", by=Actor("ann")))
     rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "bob", "client", by=Actor("root", admin=True)))
@@ -251,18 +245,7 @@ def test_only_an_admin_may_submit_a_job_for_another_user() -> None:
     assert (mine.job_id, admins.job_id) == (1, 2)  # the refused job left no trace, not even an id
 
 
-class _Null:
-    def handle(self, message: object, ctx: object) -> None:
-        return None
-
-
 def test_a_reclaimed_run_goes_to_its_job_or_is_stopped_when_the_job_is_gone() -> None:
-    from farmhand.core.manual_runtime import ManualRuntime
-    from farmhand.core.messages import Actor, JobAction, KillRun, ReclaimRun, RunEnded, RunningRun, SubmitJob
-    from farmhand.core.registry import Registry
-    from farmhand.core.runtime import REGISTRY
-    from farmhand.core.spec import parse_job
-
     rt = ManualRuntime()
     rt.spawn(REGISTRY, Registry())
     seen: list[tuple[str, Message]] = []
@@ -293,17 +276,8 @@ def test_a_reclaimed_run_goes_to_its_job_or_is_stopped_when_the_job_is_gone() ->
 
 
 def test_a_restored_job_whose_upstream_was_deleted_is_released_not_refused() -> None:
-    from farmhand.core.manual_runtime import ManualRuntime
-    from farmhand.core.messages import JobAccepted, JobRefused, SubmitJob
-    from farmhand.core.registry import Registry
-    from farmhand.core.runtime import REGISTRY
-    from farmhand.core.spec import parse_job
-
-    rt = ManualRuntime()
-    rt.spawn(REGISTRY, Registry())
-    replies: list[Message] = []
-    rt.sink("client", lambda _to, m: replies.append(m))
-    rt.sink("solver", lambda _to, _m: None)
+    desk = Desk()
+    rt, replies = desk.rt, desk.replies
     spec = parse_job({"name": "after", "depends_on_jobs": [3],
                       "blocks": [{"name": "b", "command": "x", "tasks": [{"name": "t"}]}]})
     rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann", "client", job_id=5))
