@@ -192,7 +192,6 @@ class JobBehaviour(MessageRouter):
         self.blocks = [Block(i, b) for i, b in enumerate(spec.blocks)]
         self.total_tasks = sum(len(b.tasks) for b in self.blocks)
         self.live: dict[int, LiveRun] = {}
-        self._render_addresses: dict[str, str] = {}  # render name -> its address, made once
         self.capped = spec.max_running_tasks is not None or any(
             b.max_running_tasks is not None for b in spec.blocks
         )
@@ -371,15 +370,12 @@ class JobBehaviour(MessageRouter):
         block.running += 1
         self.running += 1
         self.live[run_id] = LiveRun(block.index, task.index, attempt, render, now, task.ready_time)
-        address = self._render_addresses.get(render)
-        if address is None:
-            address = self._render_addresses[render] = render_address(render)
         spec = block.spec
         f = task.frames
         template = block.command if f.command is spec.command else block.template(f.command)
         assert template is not None  # validated: a block without a command has commands on every task
         ctx.send(
-            address,
+            render_address(render),
             Assign(
                 ctx.next_id(), run_id, self.job_id, block.index, task.index, attempt, render,
                 template.fill(f.first, f.last, f.step, task.index, self.job_id, spec.name), f.name, self.spec.name,

@@ -21,27 +21,30 @@ REGISTRY: Address = "registry"
 EVENTS: Address = "events"
 
 
+_ADDRESSES_KEPT = 65536
 _JOB_ADDRESSES: dict[int, Address] = {}
-_JOB_ADDRESSES_KEPT = 65536
+_RENDER_ADDRESSES: dict[str, Address] = {}
+
+
+def _remembered(made: dict[Any, Address], key: Any, address: str) -> Address:
+    """``address`` for ``key``, remembered in ``made`` (up to a bound): the job and render addresses are made
+    on every dispatch and forwarded report, and a string made once also keeps its hash for the lookups."""
+    if len(made) >= _ADDRESSES_KEPT:
+        made.clear()
+    made[key] = address
+    return address
 
 
 def job_address(job_id: int) -> Address:
-    """The address of the behaviour that owns job ``job_id``.
-
-    Remembered (up to a bound): the address is made on every report a render forwards, and a string made
-    once also keeps its hash for the runtime's lookups.
-    """
+    """The address of the behaviour that owns job ``job_id``."""
     address = _JOB_ADDRESSES.get(job_id)
-    if address is None:
-        if len(_JOB_ADDRESSES) >= _JOB_ADDRESSES_KEPT:
-            _JOB_ADDRESSES.clear()
-        address = _JOB_ADDRESSES[job_id] = f"job/{job_id}"
-    return address
+    return address if address is not None else _remembered(_JOB_ADDRESSES, job_id, f"job/{job_id}")
 
 
 def render_address(name: str) -> Address:
     """The address of the server-side behaviour of render ``name``."""
-    return f"render/{name}"
+    address = _RENDER_ADDRESSES.get(name)
+    return address if address is not None else _remembered(_RENDER_ADDRESSES, name, f"render/{name}")
 
 
 def worker_address(name: str) -> Address:

@@ -295,6 +295,6 @@ def test_job_addresses_are_remembered_within_a_bound() -> None:
 
     first = runtime.job_address(7)
     assert first == "job/7" and runtime.job_address(7) is first  # made once
-    for job_id in range(1, runtime._JOB_ADDRESSES_KEPT + 10):
+    for job_id in range(1, runtime._ADDRESSES_KEPT + 10):
         assert runtime.job_address(job_id) == f"job/{job_id}"
-    assert len(runtime._JOB_ADDRESSES) <= runtime._JOB_ADDRESSES_KEPT
+    assert len(runtime._JOB_ADDRESSES) <= runtime._ADDRESSES_KEPT
