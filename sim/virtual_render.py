@@ -138,10 +138,9 @@ class VirtualWorker(MessageRouter):
         assign = self.running.pop(run_id, None)
         if assign is None:
             return
-        timed_out = False
-        if self._timed_out and run_id in self._timed_out:
+        timed_out = run_id in self._timed_out
+        if timed_out:
             self._timed_out.discard(run_id)
-            timed_out = True
         now = ctx.now
         failed = (
             timed_out
