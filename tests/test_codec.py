@@ -176,3 +176,15 @@ def test_random_bytes_raise_only_frame_errors() -> None:
         buffer = FrameBuffer(codec)
         with contextlib.suppress(FrameError):
             buffer.feed(size.to_bytes(4, "big") + body)
+
+
+def test_deeply_nested_msgpack_is_a_frame_error_and_the_good_frames_before_it_are_kept() -> None:
+    # an unknown field holding 5000 nested arrays: msgspec's decoder raises RecursionError on it
+    body = b"\x82\xa4type\xa9Heartbeat\xa5extra" + b"\x91" * 5000 + b"\x90"
+    good = worker_codec().encode(FROM_WORKER[2])
+    buffer = FrameBuffer(server_codec())
+    with pytest.raises(MalformedFrame, match="nested too deeply") as info:
+        buffer.feed(good + len(body).to_bytes(4, "big") + body)
+    assert info.value.messages == [FROM_WORKER[2]]
+    with pytest.raises(MalformedFrame, match="nested too deeply"):
+        server_codec().decode_body(body)

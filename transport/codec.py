@@ -6,8 +6,9 @@ Adding a field with a default to a message keeps old peers working; renaming bre
 
 Two directions, two unions: what a worker may send (:data:`WORKER_TO_SERVER`) and what the server may send
 (:data:`SERVER_TO_WORKER`). Decoding validates the types of every field; a frame that is too long, empty,
-not msgpack, or not one of the expected messages raises :class:`FrameError` and the receiver closes that
-connection. :class:`FrameBuffer` is the sans-IO part: feed it the bytes as they arrive, get whole messages.
+not msgpack, nested too deeply, or not one of the expected messages raises :class:`FrameError` (whatever
+the decoder itself raised) and the receiver closes that connection. :class:`FrameBuffer` is the sans-IO
+part: feed it the bytes as they arrive, get whole messages.
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ class Codec:
             raise MalformedFrame(f"invalid message: {exc}") from None
         except msgspec.DecodeError as exc:
             raise MalformedFrame(f"not msgpack: {exc}") from None
+        except RecursionError:
+            raise MalformedFrame("nested too deeply") from None
+        except Exception as exc:  # any other failure of the decoder is a bad frame too, never a crash
+            raise MalformedFrame(f"undecodable ({type(exc).__name__}: {exc})") from None
 
     def decode(self, frame: bytes) -> Message:
         """The message in one whole frame (header included); the frame must be exactly one message."""

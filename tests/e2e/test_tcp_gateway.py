@@ -159,3 +159,35 @@ def test_messages_for_workers_after_the_loop_closed_are_dropped_not_kept() -> No
     for i in range(3):
         gw.deliver("worker/w", Heartbeat(i, "w"))
     assert len(gw._outbox) == 0 and gw.stats["undeliverable"] == 3
+
+
+def test_deeply_nested_msgpack_closes_only_that_connection_with_the_warning(
+    farm: Farm, caplog: pytest.LogCaptureFixture
+) -> None:
+    bystander = RawWorker(farm.server.port, "bystander")
+    sock = socket.create_connection(("127.0.0.1", farm.server.port), timeout=5)
+    try:
+        codec = worker_codec()
+        nested = b"\x82\xa4type\xa9Heartbeat\xa5extra" + b"\x91" * 3000 + b"\x90"  # within this farm's 4 KiB frames
+        with caplog.at_level("WARNING"):
+            # a valid handshake and the hostile frame in one read: the handshake is still answered
+            sock.sendall(codec.encode(Handshake(1, PROTOCOL_VERSION, TOKEN)) + len(nested).to_bytes(4, "big") + nested)
+            frames = FrameBuffer(codec)
+            got: list[Message] = []
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                got.extend(frames.feed(data))
+            assert [type(m) for m in got] == [HandshakeAccepted]
+            wait_until(lambda: any("nested too deeply" in str(vars(r)) for r in caplog.records), 5, "the warning")
+        assert not [r for r in caplog.records if "Fatal error" in r.getMessage() or r.exc_info]
+        closing = [r for r in caplog.records if r.getMessage().startswith("closing connection")]
+        assert len(closing) == 1
+        bystander.send(Heartbeat(3, "bystander"))
+        job = farm.submit({"name": "j", "blocks": [{"name": "b", "command": "x", "frames": {"first": 1, "last": 1}}]})
+        a = bystander.expect(Assign)
+        assert isinstance(a, Assign) and a.job_id == job
+    finally:
+        sock.close()
+        bystander.close()
