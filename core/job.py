@@ -26,6 +26,7 @@ from .messages import (
     BlockNeeds,
     BlockReady,
     BlockView,
+    ClaimRefused,
     Dispatch,
     DispatchDeclined,
     JobAction,
@@ -402,7 +403,7 @@ class JobBehaviour(MessageRouter):
     def _on_started(self, msg: TaskStarted, ctx: Context) -> None:
         current = self._current(msg.block, msg.task, msg.run_id)
         live = self.live.get(msg.run_id)
-        if current is not None and live is not None:
+        if current is not None and live is not None and live.render == msg.render:
             current[1].start_time = ctx.now
             live.start_time = ctx.now
 
@@ -431,9 +432,17 @@ class JobBehaviour(MessageRouter):
         """Forget a run this job started and record its end now; None if unknown."""
         live = self.live.pop(run_id, None)
         if live is not None:
+            if self.unclaimed:
+                self._no_longer_unclaimed(run_id, ctx)
             block = self.blocks[live.block]
             self._record_run(live, block.tasks[live.task], block, state, ctx, ctx.now)
         return live
+
+    def _no_longer_unclaimed(self, run_id: int, ctx: Context) -> None:
+        """A restored run was reclaimed or has ended: its reclaim timer must not fire for it."""
+        if run_id in self.unclaimed:
+            self.unclaimed.discard(run_id)
+            ctx.cancel_timer(("reclaim", run_id))
 
     def _end_current(self, block: Block, task: Task) -> None:
         task.run_id = 0
@@ -445,6 +454,11 @@ class JobBehaviour(MessageRouter):
         live = self.live.pop(run_id, None)
         if live is None:
             return
+        if live.render != msg.render:  # a report from a render the run is not on (one that claimed it wrongly)
+            self.live[run_id] = live
+            return
+        if self.unclaimed:  # a restored run that ended before (or without) being reclaimed
+            self._no_longer_unclaimed(run_id, ctx)
         if msg.started_at >= 0.0:
             live.start_time = msg.started_at
         # the run id names the run: trust our record of which task it runs over the report's indices
@@ -495,18 +509,24 @@ class JobBehaviour(MessageRouter):
     def _on_reclaim(self, msg: ReclaimRun, ctx: Context) -> None:
         run = msg.run
         current = self._current(run.block, run.task, run.run_id)
-        if current is not None and current[1].attempt == run.attempt and run.run_id in self.live:
-            current[1].render = msg.render
-            self.live[run.run_id].render = msg.render
+        live = self.live.get(run.run_id)
+        if current is not None and current[1].attempt == run.attempt and live is not None:
+            if live.render != msg.render:
+                # only the render the run was assigned to may claim it: another name reporting it is an impostor
+                # (or a confused worker); its copy is stopped and the real one keeps the run
+                ctx.send(
+                    render_address(msg.render),
+                    KillRun(ctx.next_id(), run.run_id, self.job_id, msg.render, f"assigned to {live.render}"),
+                )
+                ctx.send(SOLVER, ClaimRefused(ctx.next_id(), run.run_id, self.job_id, msg.render))
+                return
             ctx.send(SOLVER, RunClaimed(ctx.next_id(), run.run_id, self.job_id, run.block, msg.render))
-            if run.run_id in self.unclaimed:
-                self.unclaimed.discard(run.run_id)
-                ctx.cancel_timer(("reclaim", run.run_id))
+            self._no_longer_unclaimed(run.run_id, ctx)
             if self.task_events:
                 self._changed(current[0], current[1], ctx)
         else:  # not ours any more: stop it, and give back the capacity the render counted for it
             ctx.send(render_address(msg.render), KillRun(ctx.next_id(), run.run_id, self.job_id, msg.render, "stale"))
-            ctx.send(SOLVER, RunEnded(ctx.next_id(), run.run_id, self.job_id))
+            ctx.send(SOLVER, ClaimRefused(ctx.next_id(), run.run_id, self.job_id, msg.render))
 
     def _requeue(self, block: Block, task: Task, now: float) -> None:
         task.state = WAITING
@@ -595,7 +615,9 @@ class JobBehaviour(MessageRouter):
         elif msg.name == "reclaim" and msg.ref in self.unclaimed:
             # a restored run no worker came back for: lost, like a run of a lost render
             self.unclaimed.discard(msg.ref)
-            live = self.live[msg.ref]
+            live = self.live.get(msg.ref)
+            if live is None:  # it ended meanwhile (ending forgets the timer; a wake-up already on its way is late)
+                return
             self._on_lost(
                 RunLost(ctx.next_id(), msg.ref, self.job_id, live.block, live.task, live.attempt, live.render,
                         "not reclaimed after restart"),

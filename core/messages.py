@@ -261,6 +261,15 @@ class RunEnded(Message, frozen=True):
     job_id: int
 
 
+class ClaimRefused(Message, frozen=True):
+    """A run a reconnecting render reported is not that render's to keep (stale, or assigned to another
+    render): the solver gives back the capacity it counted for it on ``render``, and only there."""
+
+    run_id: int
+    job_id: int
+    render: str
+
+
 class RunClaimed(Message, frozen=True):
     """A job accepts a run a reconnecting worker reports; the solver counts it against the render."""
 

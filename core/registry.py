@@ -18,6 +18,7 @@ import re
 from .job import JobBehaviour
 from .messages import (
     ActionRefused,
+    ClaimRefused,
     JobAccepted,
     JobAction,
     JobDependencyMet,
@@ -28,7 +29,6 @@ from .messages import (
     Message,
     ReclaimRun,
     RestoreTasks,
-    RunEnded,
     StartJob,
     SubmitJob,
 )
@@ -134,7 +134,7 @@ class Registry(MessageRouter):
             ctx.send(job_address(run.job_id), msg)
             return
         ctx.send(render_address(msg.render), KillRun(ctx.next_id(), run.run_id, run.job_id, msg.render, "job gone"))
-        ctx.send(SOLVER, RunEnded(ctx.next_id(), run.run_id, run.job_id))  # the render counted it: give it back
+        ctx.send(SOLVER, ClaimRefused(ctx.next_id(), run.run_id, run.job_id, msg.render))  # the render counted it
 
     def _on_action(self, msg: JobAction | JobQuery, ctx: Context) -> None:
         entry = self.jobs.get(msg.job_id)

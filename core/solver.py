@@ -27,6 +27,7 @@ from .messages import (
     AvoidRender,
     BlockNeeds,
     BlockReady,
+    ClaimRefused,
     Dispatch,
     DispatchDeclined,
     JobClosed,
@@ -237,6 +238,7 @@ class Solver(MessageRouter):
             RenderOffline: self._on_render_offline,
             RenderPaused: self._on_render_paused,
             RunClaimed: self._on_run_claimed,
+            ClaimRefused: self._on_claim_refused,
             SetUser: self._on_set_user,
         }
 
@@ -643,12 +645,30 @@ class Solver(MessageRouter):
     def _on_run_claimed(self, msg: RunClaimed, ctx: Context) -> None:
         run = self.runs.get(msg.run_id)
         job = self.jobs.get(msg.job_id)
-        if run is None or job is None or run[1] is not None:
+        if job is None or (run is not None and run[1] is not None):
             return
-        render, _, capacity, memory = run
         entry = job.blocks[msg.block]
-        self.runs[msg.run_id] = (render, entry, capacity, memory)
-        self._count_start(msg.run_id, render, entry, capacity, ctx.now)
+        render = self.renders.get(msg.render)
+        if run is not None and run[0] is not render:
+            # another render reported the run first (an impostor, refused by the job): it is counted here
+            self._release(msg.run_id, ctx.now)
+            run = None
+        if run is None:
+            if render is None or not render.online:
+                return
+            self._occupy(msg.run_id, render, None, entry.needs.capacity, entry.needs.memory_mb, ctx.now)
+            run = self.runs[msg.run_id]
+        slot, _, capacity, memory = run
+        self.runs[msg.run_id] = (slot, entry, capacity, memory)
+        self._count_start(msg.run_id, slot, entry, capacity, ctx.now)
+
+    def _on_claim_refused(self, msg: ClaimRefused, ctx: Context) -> None:
+        run = self.runs.get(msg.run_id)
+        if run is None or run[0].name != msg.render:
+            return  # counted on another render (its rightful one): that render keeps it
+        render = self._release(msg.run_id, ctx.now)
+        if render is not None:
+            self._fill(render, ctx)
 
     # ---------------------------------------------------------------------------------------- renders
     def _on_render_online(self, msg: RenderOnline, ctx: Context) -> None:

@@ -20,6 +20,7 @@ from farmhand.core.messages import (
     Assign,
     AvoidRender,
     BlockReady,
+    ClaimRefused,
     Dispatch,
     DispatchDeclined,
     JobAction,
@@ -519,7 +520,7 @@ def test_reclaim_of_a_replaced_run_is_killed_and_released() -> None:
     sent = ctx.sent
     kills = [(t, m.run_id) for t, m in sent if isinstance(m, KillRun)]
     assert kills == [("render/r1", old.run_id)]
-    assert [m.run_id for _, m in sent if isinstance(m, RunEnded)] == [old.run_id]
+    assert [(m.run_id, m.render) for _, m in sent if isinstance(m, ClaimRefused)] == [(old.run_id, "r1")]
     assert not [m for _, m in sent if isinstance(m, RunClaimed)]
     ctx.take()
     # a reclaim naming an unknown run (or a wrong task) is killed as well

@@ -20,6 +20,7 @@ from farmhand.core.messages import (
     Assign,
     AvoidRender,
     BlockReady,
+    ClaimRefused,
     Dispatch,
     JobAccepted,
     JobAction,
@@ -181,16 +182,54 @@ def test_restored_running_task_is_reclaimed_by_its_worker() -> None:
     assert ("reclaim", 77) in ctx.timers and ctx.timers[("reclaim", 77)][0] == 130.0
     job.handle(StartJob(1), ctx)
     assert {m.block: m.ready for m in ctx.take(BlockReady)} == {0: 1}  # the running one is not offered
-    job.handle(ReclaimRun(ctx.next_id(), RunningRun(77, JOB_ID, 0, 0, 2), "r2"), ctx)
-    assert [(m.run_id, m.render) for m in ctx.take(RunClaimed)] == [(77, "r2")]
+    job.handle(ReclaimRun(ctx.next_id(), RunningRun(77, JOB_ID, 0, 0, 2), "r1"), ctx)
+    assert [(m.run_id, m.render) for m in ctx.take(RunClaimed)] == [(77, "r1")]
     assert ("reclaim", 77) not in ctx.timers and job.unclaimed == set()
     job.handle(TaskProgress(ctx.next_id(), 77, JOB_ID, 0, 0, 2, 40, ("40%",)), ctx)
-    job.handle(TaskFinished(ctx.next_id(), 77, JOB_ID, 0, 0, 2, "r2", "done"), ctx)
+    job.handle(TaskFinished(ctx.next_id(), 77, JOB_ID, 0, 0, 2, "r1", "done"), ctx)
     records = [m for _, m in ctx.sent if isinstance(m, RunRecord)]
     assert [(r.task, r.attempt, r.render, r.state, r.starting_time, r.submission_time) for r in records] == [
-        ("1", 2, "r2", "done", 90.0, 10.0),
+        ("1", 2, "r1", "done", 90.0, 10.0),
     ]
     assert states(job) == ["done", "ready"]
+
+
+def test_only_the_render_a_run_was_assigned_to_may_reclaim_it() -> None:
+    job = make_job(block("a", last=1))
+    ctx = Recorder()
+    restore(job, ctx, TaskSnapshot(0, 0, "running", 1, run_id=77, render="r1", start_time=90.0))
+    job.handle(StartJob(1), ctx)
+    ctx.take()
+    # another name reporting the run (an impostor with the farm token): its copy is stopped, its capacity given back
+    job.handle(ReclaimRun(ctx.next_id(), RunningRun(77, JOB_ID, 0, 0, 1), "imp"), ctx)
+    sent = list(ctx.sent)
+    ctx.take()
+    assert [(to, m.run_id) for to, m in sent if isinstance(m, KillRun)] == [("render/imp", 77)]
+    assert [(m.run_id, m.render) for _, m in sent if isinstance(m, ClaimRefused)] == [(77, "imp")]
+    assert not [m for _, m in sent if isinstance(m, RunClaimed | RunEnded | TaskChanged)]
+    assert job.unclaimed == {77} and ("reclaim", 77) in ctx.timers
+    # the impostor's report of the run's end changes nothing either
+    job.handle(TaskFinished(ctx.next_id(), 77, JOB_ID, 0, 0, 1, "imp", "error"), ctx)
+    # the real render still reclaims it, and its result counts
+    job.handle(ReclaimRun(ctx.next_id(), RunningRun(77, JOB_ID, 0, 0, 1), "r1"), ctx)
+    assert [(m.run_id, m.render) for m in ctx.take(RunClaimed)] == [(77, "r1")]
+    job.handle(TaskFinished(ctx.next_id(), 77, JOB_ID, 0, 0, 1, "r1", "done"), ctx)
+    assert states(job) == ["done"]
+
+
+def test_a_restored_run_that_ends_before_its_reclaim_timer_leaves_no_timer_behind() -> None:
+    # a task that finished while the server was down: its worker reports the end on reconnection
+    job = make_job(block("a", last=1))
+    ctx = Recorder()
+    restore(job, ctx, TaskSnapshot(0, 0, "running", 1, run_id=77, render="r1", start_time=90.0))
+    job.handle(StartJob(1), ctx)
+    ctx.take()
+    job.handle(TaskFinished(ctx.next_id(), 77, JOB_ID, 0, 0, 1, "r1", "done"), ctx)
+    assert states(job) == ["done"] and job.unclaimed == set() and ("reclaim", 77) not in ctx.timers
+    assert [m.run_id for m in ctx.take(RunEnded)] == [77]
+    # a wake-up already on its way does nothing: no KeyError, no second RunEnded, no stale KillRun
+    job.handle(Tick(ctx.next_id(), "reclaim", 77), ctx)
+    assert ctx.sent == []
 
 
 def test_restored_running_task_not_reclaimed_in_time_is_requeued() -> None:

@@ -14,6 +14,7 @@ from farmhand.core.messages import (
     ActionRefused,
     Actor,
     BlockReady,
+    ClaimRefused,
     JobAccepted,
     JobAction,
     JobDependencyMet,
@@ -23,7 +24,6 @@ from farmhand.core.messages import (
     KillRun,
     Message,
     ReclaimRun,
-    RunEnded,
     RunningRun,
     StartJob,
     SubmitJob,
@@ -264,15 +264,15 @@ def test_a_reclaimed_run_goes_to_its_job_or_is_stopped_when_the_job_is_gone() ->
     # job 1 exists: it decided (its run 7 is not current, so it stops it and gives the capacity back)
     kills = {m.run_id: m for to, m in seen if to == "render/r1" and isinstance(m, KillRun)}
     assert sorted(kills) == [7, 8] and kills[8].reason == "job gone" and kills[7].reason == "stale"
-    ended = sorted(m.run_id for to, m in seen if to == "solver" and isinstance(m, RunEnded))
-    assert ended == [7, 8]
+    refused = sorted((m.run_id, m.render) for to, m in seen if to == "solver" and isinstance(m, ClaimRefused))
+    assert refused == [(7, "r1"), (8, "r1")]
     # once a job is being deleted, its runs are stopped by the registry too
     rt.send(REGISTRY, JobAction(rt.next_id(), 1, "delete", Actor("ann"), "client"))
     rt.run()
     seen.clear()
     rt.send(REGISTRY, ReclaimRun(rt.next_id(), RunningRun(9, 1, 0, 0, 1), "r1"))
     rt.run()
-    assert [(to, type(m).__name__) for to, m in seen] == [("render/r1", "KillRun"), ("solver", "RunEnded")]
+    assert [(to, type(m).__name__) for to, m in seen] == [("render/r1", "KillRun"), ("solver", "ClaimRefused")]
 
 
 def test_a_restored_job_whose_upstream_was_deleted_is_released_not_refused() -> None:

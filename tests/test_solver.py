@@ -10,6 +10,7 @@ from farmhand.core.messages import (
     AvoidRender,
     BlockNeeds,
     BlockReady,
+    ClaimRefused,
     Dispatch,
     DispatchDeclined,
     JobClosed,
@@ -308,11 +309,32 @@ def test_run_claimed_attaches_an_unclaimed_run_to_its_job() -> None:
     assert h.solver.runs[777][1] is h.solver.jobs[1].blocks[0]
     assert r1.per_block.get((1, 0)) == 1 + sum(1 for r in h.solver.runs_on(r1) if r != 777)
     assert h.solver.users["ann"].running_tasks == len(h.solver.runs_on(r1))
-    # a claim for an unknown run or a run already counted changes nothing
+    # a claim for a run already counted, or for a render not online, changes nothing
     before = dict(r1.per_block)
     h.do(RunClaimed(h.ctx.next_id(), 777, 1, 0, "r1"))
-    h.do(RunClaimed(h.ctx.next_id(), 888, 1, 0, "r1"))
-    assert r1.per_block == before
+    h.do(RunClaimed(h.ctx.next_id(), 888, 1, 0, "gone"))
+    assert r1.per_block == before and 888 not in h.solver.runs
+
+
+def test_a_run_reported_by_an_impostor_first_ends_up_counted_on_its_own_render_only() -> None:
+    for claim_first in (False, True):
+        h = Harness()
+        h.open(1, needs(0))
+        h.online("real", capacity=2, max_tasks=2)
+        h.online("imp", capacity=2, max_tasks=2, running=(RunningRun(777, 1, 0, 0, 1),))
+        assert h.solver.runs[777][0].name == "imp"
+        h.online("real", capacity=2, max_tasks=2, running=(RunningRun(777, 1, 0, 0, 1),))  # counted already
+        refused = ClaimRefused(h.ctx.next_id(), 777, 1, "imp")
+        claimed = RunClaimed(h.ctx.next_id(), 777, 1, 0, "real")
+        for message in ((claimed, refused) if claim_first else (refused, claimed)):
+            h.do(message)
+        real, imp = h.solver.renders["real"], h.solver.renders["imp"]
+        assert h.solver.runs_on(real) == [777] and h.solver.runs_on(imp) == []
+        assert (real.free_tasks, imp.free_tasks) == (1, 2)
+        assert h.solver.users["ann"].running_tasks == 1
+        # a refusal naming a render that does not hold the run frees nothing
+        h.do(ClaimRefused(h.ctx.next_id(), 777, 1, "imp"))
+        assert h.solver.runs_on(real) == [777]
 
 
 def test_job_closed_releases_its_runs_and_gives_the_renders_to_others() -> None:
