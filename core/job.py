@@ -375,6 +375,8 @@ class JobBehaviour(MessageRouter):
         f = task.frames
         template = block.command if f.command is spec.command else block.template(f.command)
         assert template is not None  # validated: a block without a command has commands on every task
+        if self.task_events:  # before the Assign: a server's store has the run before its worker can have it
+            self._changed(block, task, ctx)
         ctx.send(
             render_address(render),
             Assign(
@@ -383,8 +385,6 @@ class JobBehaviour(MessageRouter):
                 spec.name, spec.capacity, spec.memory_mb, spec.working_dir, spec.env, spec.timeout_s, spec.progress,
             ),
         )
-        if self.task_events:
-            self._changed(block, task, ctx)
         if self.capped:
             self._report_after_run_change(block, ctx)
 

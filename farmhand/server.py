@@ -274,7 +274,7 @@ class FarmServer:
 
             self.handle = start_server(
                 c.host, c.port, token, runtime=rt, event_sinks=[store.on_event], render_factory=render_factory,
-                heartbeat_s=c.heartbeat_s, zombie_s=c.zombie_s,
+                heartbeat_s=c.heartbeat_s, zombie_s=c.zombie_s, durable=store.after_commit,
             )
             self.http = HttpApi(ClientApi(store, rt), c.http_host, c.http_port).start()
         except BaseException:

@@ -29,7 +29,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,15 @@ class StoreError(Exception):
 _STOP = object()
 
 
+class _AfterCommit:
+    """A marker in the writer's queue: call ``callback`` once the events queued before it are committed."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+
 def _lock_exclusively(path: Path) -> Any:
     """Hold ``PATH.lock`` so that a second server cannot open the same store (released when closed)."""
     import fcntl
@@ -287,6 +296,19 @@ class Store:
             self._pending += 1
         self._queue.put(message)
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the writer thread, soon) once every event queued before this call is committed.
+
+        The server's durable dispatch: the gateway holds an assignment until the store has its run, so a
+        server killed at any moment restarts knowing every run a worker may report. Commits are grouped: one
+        transaction covers whatever queued meanwhile, so waiting costs latency, not throughput. A callback
+        must not block; if the store is closed it is called at once.
+        """
+        if self._closed:
+            callback()
+            return
+        self._queue.put(_AfterCommit(callback))
+
     def _write_loop(self) -> None:
         stop = False
         while not stop:
@@ -299,6 +321,9 @@ class Store:
             if _STOP in batch:
                 stop = True
                 batch = [m for m in batch if m is not _STOP]
+            callbacks = [m.callback for m in batch if type(m) is _AfterCommit]
+            if callbacks:
+                batch = [m for m in batch if type(m) is not _AfterCommit]
             if batch and not self._write(batch):
                 for message in batch:  # find the event that fails; keep every other one
                     if not self._write([message]):
@@ -306,6 +331,11 @@ class Store:
             with self._pending_cond:
                 self._pending -= len(batch)
                 self._pending_cond.notify_all()
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("after-commit callback failed")
 
     def _write(self, batch: list[Any]) -> bool:
         """Apply events in one transaction; False (rolled back, logged) if one of them fails."""

@@ -18,6 +18,10 @@ logged, and touches nothing else. A closed connection is only forgotten: whether
 render behaviour's decision (its zombie timer), so a worker that reconnects in time loses nothing. A second
 connection for a render name that is already connected replaces the first (a worker reconnecting before the
 server noticed its old connection died).
+
+With a store (``durable``), an assignment is written to its worker only once the store has committed the run
+it starts, so a server killed at any moment restarts knowing every run a worker may report: the worker's
+Hello reclaims it and the task is never handed out twice (see docs/server.md, recovery).
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ WORKER_PREFIX = worker_address("")
 
 Sink = Callable[[Address, Message], None]
 TokenCheck = Callable[[str], bool]
+#: ``durable(callback)``: call ``callback`` (from any thread) once every event the core has sent so far is
+#: committed to the store (:meth:`farmhand.store.Store.after_commit`)
+Barrier = Callable[[Callable[[], None]], None]
 
 
 class Host(Protocol):
@@ -290,6 +297,7 @@ class Gateway:
         write_buffer_limit: int = 64 * MAX_FRAME,
         backlog: int = 1024,
         agent: str = "farmhand",
+        durable: Barrier | None = None,
     ) -> None:
         if token is None and verify is None and not allow_anonymous:
             raise ValueError("a farm token (or a verifier) is required; pass allow_anonymous=True to accept anyone")
@@ -317,6 +325,8 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outbox: deque[tuple[str, Message]] = deque()
         self._flush_scheduled = False
+        self.durable = durable
+        self._held: deque[deque[tuple[str, Message]]] = deque()  # batches waiting for the store, in order
         self._out_lock = threading.Lock()
 
     @property
@@ -413,6 +423,27 @@ class Gateway:
             self._flush_scheduled = False
             batch = self._outbox
             self._outbox = deque()
+        if self.durable is not None and (self._held or any(type(m) is Assign for _, m in batch)):
+            # durable dispatch: an assignment leaves only once the store has its run (the job told the store
+            # before it sent the Assign); what follows it waits behind it, so each worker's frames keep order
+            self._held.append(batch)
+            self.durable(self._committed)
+            return
+        self._write_batch(batch)
+
+    def _committed(self) -> None:
+        """The store committed what came before the oldest held batch (any thread): write it."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
+            loop.call_soon_threadsafe(self._release_held)
+
+    def _release_held(self) -> None:
+        if self._held:
+            self._write_batch(self._held.popleft())
+
+    def _write_batch(self, batch: deque[tuple[str, Message]]) -> None:
         frames: dict[WorkerConnection, list[bytes]] = {}
         encode = self.codec.encode
         prefix = len(WORKER_PREFIX)

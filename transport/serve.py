@@ -35,7 +35,7 @@ from farmhand.core.spec import JobSpec
 from farmhand.logs import fields
 
 from .codec import MAX_FRAME
-from .gateway import DEFAULT_HOST, DEFAULT_PORT, Gateway, TokenCheck
+from .gateway import DEFAULT_HOST, DEFAULT_PORT, Barrier, Gateway, TokenCheck
 
 log = logging.getLogger("farmhand.serve")
 
@@ -149,6 +149,7 @@ def start_server(
     seed: int = 0,
     wall_clock: bool = False,
     start_timeout: float = 10.0,
+    durable: Barrier | None = None,
 ) -> ServerHandle:
     """Start a farm server listening for workers on ``host:port`` (port 0: ephemeral; see ``handle.port``).
 
@@ -162,6 +163,8 @@ def start_server(
     - ``event_sinks``: callables that get every message sent to ``events`` (run records, job states).
     - ``render_factory(name)``: builds the behaviour for a newly connected render (default: a
       ``RenderBehaviour`` with the heartbeat and zombie times above).
+    - ``durable(callback)``: a store's barrier; assignments leave only once what was sent to the event sinks
+      before them is committed (durable dispatch, see :class:`~farmhand.transport.gateway.Gateway`).
     """
     if not host:
         raise ValueError("host must not be empty")
@@ -195,7 +198,7 @@ def start_server(
 
         gateway = Gateway(
             rt, ensure_render, token=token, verify=verify, allow_anonymous=allow_anonymous, bind=host, port=port,
-            max_frame=max_frame, handshake_timeout=handshake_timeout,
+            max_frame=max_frame, handshake_timeout=handshake_timeout, durable=durable,
         )
         loop = asyncio.new_event_loop()
         started: Future[None] = Future()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from farm import TOKEN, Farm, wait_until
 
 from farmhand.core.messages import (
     PROTOCOL_VERSION,
+    Actor,
     Assign,
     FinishAck,
     Handshake,
@@ -25,6 +27,8 @@ from farmhand.core.messages import (
     TaskStarted,
     Welcome,
 )
+from farmhand.core.spec import parse_job
+from farmhand.server import FarmServer, ServerConfig
 from farmhand.transport.codec import FrameBuffer, worker_codec
 from farmhand.transport.gateway import Gateway
 
@@ -191,3 +195,33 @@ def test_deeply_nested_msgpack_closes_only_that_connection_with_the_warning(
     finally:
         sock.close()
         bystander.close()
+
+
+def test_an_assignment_leaves_only_once_the_store_has_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durable dispatch: a server killed right after an Assign left restarts knowing the run (reclaims it)."""
+    monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
+    config = ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0, heartbeat_s=0.5, zombie_s=10.0)
+    server = FarmServer(config).start()
+    raw: RawWorker | None = None
+    try:
+        assert server.store is not None and server.http is not None
+        raw = RawWorker(server.handle.port, "w1")
+        spec = parse_job({"name": "j", "blocks": [{"name": "b", "command": "x", "frames": {"first": 1, "last": 1}}]})
+        held = server.store._lock  # while this thread holds it, the store's writer cannot commit
+        held.acquire()
+        try:
+            server.http.api.submit(Actor("admin", True), [spec])  # (the lock is re-entrant: this commits)
+            with pytest.raises(TimeoutError):
+                raw.expect(Assign, timeout=1.0)  # the run is not committed: its Assign is held
+        finally:
+            held.release()
+        a = raw.expect(Assign, timeout=5.0)
+        assert isinstance(a, Assign)
+        with sqlite3.connect(tmp_path / "farm.db") as db:
+            row = db.execute("SELECT state, run_id, render FROM tasks WHERE job=? AND block=0 AND task=0",
+                             (a.job_id,)).fetchone()
+        assert row == ("running", a.run_id, "w1")
+    finally:
+        if raw is not None:
+            raw.close()
+        server.stop()
