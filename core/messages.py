@@ -292,6 +292,10 @@ class Hello(Message, frozen=True):
     version: int = PROTOCOL_VERSION
     #: whether the worker wants finish reports acknowledged (a real one resends until acked)
     acks: bool = True
+    #: a key this worker keeps for its name on its host (stable across its restarts, secret to it and the
+    #: server): a live connection of the name is replaced only by a Hello with the same key (or by the
+    #: worker's own credential), never by another worker that happens to take the same name
+    instance: str = ""
 
 
 class Welcome(Message, frozen=True):

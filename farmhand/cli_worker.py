@@ -1,8 +1,11 @@
 """``farmhand worker``: the command line of the worker process.
 
-The farm token comes from ``--token-file`` (best), the ``FARMHAND_TOKEN`` environment variable, or
-``--token`` (visible to other users in the process list). Exit codes: 0 stopped cleanly (SIGINT/SIGTERM),
-2 usage error or the server refused the worker (wrong token or protocol version).
+The token (the shared farm token, or this worker's own credential from ``farmhand admin worker add NAME``)
+comes from ``--token-file`` (best), the ``FARMHAND_TOKEN`` environment variable, or ``--token`` (visible to
+other users in the process list). Without ``--name`` the worker takes the first name of its host's series no
+other worker of the host holds (``HOST``, ``HOST-2``...: see :mod:`farmhand.workers.identity`). Exit codes: 0
+stopped cleanly (SIGINT/SIGTERM), 2 usage error, the name is held by another worker of this host, or the server
+refused the worker (wrong token or protocol version, a credential of another name, a name in use).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -22,14 +26,15 @@ def _tags(values: list[str] | None) -> frozenset[str]:
 def configure_worker_parser(p: argparse.ArgumentParser) -> None:
     """Add the worker's options to ``p``."""
     p.add_argument("--server", default="127.0.0.1:51000", metavar="HOST:PORT", help="the server (default %(default)s)")
-    p.add_argument("--name", help="render name (default: the host name)")
+    p.add_argument("--name", help="render name (default: the host name, HOST-2, HOST-3... for further workers)")
+    p.add_argument("--state-dir", help="where names are locked and instance keys kept (default ~/.local/state/...)")
     p.add_argument("--tags", action="append", metavar="A,B", help="tags this render offers (comma list, repeatable)")
     p.add_argument("--capacity", type=int, default=1, help="capacity units offered (default 1)")
     p.add_argument("--max-tasks", type=int, help="most tasks at once (default: the capacity)")
     p.add_argument("--memory-mb", type=int, help="memory offered in MiB (default: the machine's)")
     p.add_argument("--cpus", type=int, help="CPU count announced (default: the machine's)")
-    p.add_argument("--token", help="farm token (prefer --token-file or FARMHAND_TOKEN)")
-    p.add_argument("--token-file", help="a file whose first line is the farm token")
+    p.add_argument("--token", help="farm token or worker credential (prefer --token-file or FARMHAND_TOKEN)")
+    p.add_argument("--token-file", help="a file whose first line is the farm token or the worker's credential")
     p.add_argument("--kill-grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL (default 3)")
     p.add_argument("--output-lines", type=int, default=100, help="unsent output lines kept per task (default 100)")
     p.add_argument("--progress-interval", type=float, default=1.0, help="seconds between progress reports")
@@ -60,7 +65,8 @@ def _token(args: argparse.Namespace) -> str:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the worker until SIGINT/SIGTERM."""
     from farmhand.workers.execute import ExecOptions
-    from farmhand.workers.worker import WorkerOptions, default_name, parse_server, run_worker
+    from farmhand.workers.identity import NameTaken, claim, host_name
+    from farmhand.workers.worker import WorkerOptions, parse_server, run_worker
 
     problems: list[str] = []
     try:
@@ -86,7 +92,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         token=token,
-        name=args.name or default_name(),
+        name=args.name or host_name(),
         tags=_tags(args.tags),
         capacity=args.capacity,
         max_tasks=args.max_tasks if args.max_tasks is not None else args.capacity,
@@ -107,6 +113,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"farmhand worker: --log-level: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        identity = claim(args.name, Path(args.state_dir) if args.state_dir else None)
+    except NameTaken as exc:
+        print(f"farmhand worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    options.name, options.instance = identity.name, identity.instance
     setup_logging(args.log_level, json_lines=args.log_json)
     install_sigusr1()
-    return run_worker(options)
+    try:
+        return run_worker(options)
+    finally:
+        identity.release()

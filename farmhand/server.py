@@ -14,9 +14,10 @@ It puts together, in this order:
 SIGINT and SIGTERM stop it in the reverse order within seconds: no thread is left behind and the store is
 flushed and checkpointed. SIGUSR1 toggles debug logging.
 
-Tokens: workers present the farm token (``FARMHAND_TOKEN``, else the ``--token-file``, created with a fresh
-token if missing); users present their own tokens. On a store without users an ``admin`` user is created and
-its token written to ``--admin-token-file`` (next to the database by default), never to the log.
+Tokens: workers present their own credential (``farmhand admin worker add NAME``, bound to that render name)
+or, unless ``--no-farm-token``, the shared farm token (``FARMHAND_TOKEN``, else the ``--token-file``, created
+with a fresh token if missing); users present their own tokens. On a store without users an ``admin`` user is
+created and its token written to ``--admin-token-file`` (next to the database by default), never to the log.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class ServerConfig:
     zombie_s: float = 60.0
     reclaim_s: float = 60.0
     synchronous: str = "FULL"
+    shared_token: bool = True  # False: no shared farm token, each worker needs its own credential
 
     @property
     def farm_token_path(self) -> Path:
@@ -253,7 +255,9 @@ class FarmServer:
 
         c = self.config
         try:
-            self.farm_token = token = farm_token(c)
+            token: str | None = None
+            if c.shared_token:
+                self.farm_token = token = farm_token(c)
             self.store = store = Store(c.db, synchronous=c.synchronous, exclusive=True)
             if not store.has_users():
                 write_secret(c.admin_token_path, store.add_user("admin", admin=True))
@@ -273,7 +277,8 @@ class FarmServer:
                 )
 
             self.handle = start_server(
-                c.host, c.port, token, runtime=rt, event_sinks=[store.on_event], render_factory=render_factory,
+                c.host, c.port, token, identify=store.worker_for_token, runtime=rt, event_sinks=[store.on_event],
+                render_factory=render_factory,
                 heartbeat_s=c.heartbeat_s, zombie_s=c.zombie_s, durable=store.after_commit,
             )
             self.http = HttpApi(ClientApi(store, rt), c.http_host, c.http_port).start()
@@ -285,6 +290,22 @@ class FarmServer:
             extra=fields(workers=self.worker_address, api=self.http.url, db=str(c.db), policy=c.policy),
         )
         return self
+
+    def enrol_worker(self, name: str, replace: bool = False) -> str:
+        """A new credential for worker ``name`` (a new one replaces the old: its live connection is closed)."""
+        assert self.store is not None
+        token = self.store.add_worker(name, replace=replace)
+        if replace and self.handle is not None:
+            self.handle.gateway.revoke(name)
+        return token
+
+    def revoke_worker(self, name: str) -> bool:
+        """Revoke worker ``name``'s credential and close its connection if it came in with it."""
+        assert self.store is not None
+        gone = self.store.remove_worker(name)
+        if gone and self.handle is not None:
+            self.handle.gateway.revoke(name)
+        return gone
 
     def stop(self) -> None:
         """Stop the client API, the gateway, the actors, then flush and close the store."""
@@ -345,6 +366,8 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT, help="client API port (default 51080)")
     p.add_argument("--db", default=DEFAULT_DB, help=f"the SQLite store (default ./{DEFAULT_DB})")
     p.add_argument("--token-file", help="the farm token file (default next to the database; created if missing)")
+    p.add_argument("--no-farm-token", action="store_true",
+                   help="no shared farm token: each worker needs its own credential (farmhand admin worker add)")
     p.add_argument("--admin-token-file", help="where the first admin's token is written (default next to the db)")
     p.add_argument("--policy", default="priority", help="the scheduling policy (default priority)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval told to workers (s, default 5)")
@@ -362,6 +385,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         token_file=Path(args.token_file) if args.token_file else None,
         admin_token_file=Path(args.admin_token_file) if args.admin_token_file else None,
         policy=args.policy, heartbeat_s=args.heartbeat, zombie_s=args.zombie, reclaim_s=args.reclaim,
+        shared_token=not args.no_farm_token,
     )
 
 

@@ -51,6 +51,7 @@ from farmhand.core.messages import (
 )
 from farmhand.core.spec import JobSpec, SpecError, parse_job, spec_to_dict
 from farmhand.logs import fields
+from farmhand.transport.codec import RENDER_NAME
 
 log = logging.getLogger("farmhand.store")
 
@@ -103,6 +104,11 @@ CREATE TABLE IF NOT EXISTS renders (
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
     admin INTEGER NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
     token_hash TEXT NOT NULL UNIQUE,
     created REAL NOT NULL
 );
@@ -601,6 +607,50 @@ class Store:
         with self._lock:
             row = self._db.execute("SELECT name, admin FROM users WHERE token_hash=?", (hash_token(token),)).fetchone()
         return None if row is None else Actor(row[0], bool(row[1]))
+
+    # ---------------------------------------------------------------------------------------- worker credentials
+    def add_worker(self, name: str, replace: bool = False) -> str:
+        """Enrol a worker under a render name (or give it a new credential with ``replace``); returns the
+        credential, once. A worker presenting it may connect only under that name, and a live connection of
+        that name is replaced only by a worker presenting it."""
+        if not RENDER_NAME.fullmatch(name):
+            raise StoreError(
+                f"worker name: 1-128 of letters, digits and _.@+- not starting with .@+- (got {name[:130]!a})"
+            )
+        token = new_token()
+        with self._lock:
+            exists = self._db.execute("SELECT 1 FROM workers WHERE name=?", (name,)).fetchone() is not None
+            if exists and not replace:
+                raise StoreError(f"worker {name!r} is enrolled already (give --replace for a new credential)")
+            self._db.execute(
+                "INSERT INTO workers (name, token_hash, created) VALUES (?, ?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET token_hash=excluded.token_hash, created=excluded.created",
+                (name, hash_token(token), time.time()),
+            )
+        log.info("worker credential issued", extra=fields(render=name))
+        return token
+
+    def remove_worker(self, name: str) -> bool:
+        """Revoke a worker's credential; False if it had none."""
+        with self._lock:
+            gone = self._db.execute("DELETE FROM workers WHERE name=?", (name,)).rowcount > 0
+        if gone:
+            log.info("worker credential revoked", extra=fields(render=name))
+        return gone
+
+    def enrolled_workers(self) -> list[dict[str, Any]]:
+        """The enrolled workers: name and when their credential was issued."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, created FROM workers ORDER BY name").fetchall()
+        return [{"name": n, "created": c} for n, c in rows]
+
+    def worker_for_token(self, token: str) -> str | None:
+        """The render name a worker credential is bound to, or None."""
+        if not token:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT name FROM workers WHERE token_hash=?", (hash_token(token),)).fetchone()
+        return None if row is None else str(row[0])
 
     def has_users(self) -> bool:
         """Whether any user exists."""

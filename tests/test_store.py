@@ -327,3 +327,19 @@ def test_tokens_are_64_hex_digits_so_none_reads_as_an_option() -> None:
 
     tokens = {new_token() for _ in range(200)}
     assert len(tokens) == 200 and all(len(t) == 64 and int(t, 16) >= 0 for t in tokens)
+
+
+def test_worker_credentials_are_bound_to_a_name_listed_revocable_and_not_user_tokens(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        token = store.add_worker("r1")
+        assert store.worker_for_token(token) == "r1" and store.authenticate(token) is None
+        assert store.worker_for_token("") is None and store.worker_for_token("x" * 64) is None
+        with pytest.raises(StoreError, match="enrolled already"):
+            store.add_worker("r1")
+        with pytest.raises(StoreError, match="worker name"):
+            store.add_worker("-bad name")
+        fresh = store.add_worker("r1", replace=True)
+        assert store.worker_for_token(token) is None and store.worker_for_token(fresh) == "r1"
+        assert [w["name"] for w in store.enrolled_workers()] == ["r1"]
+        assert store.remove_worker("r1") and not store.remove_worker("r1")
+        assert store.worker_for_token(fresh) is None

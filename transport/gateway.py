@@ -15,9 +15,14 @@ decides nothing about scheduling. Per connection:
 
 A malformed, oversized, unexpected or unauthenticated frame closes that one connection, with the reason
 logged, and touches nothing else. A closed connection is only forgotten: whether its render is lost is the
-render behaviour's decision (its zombie timer), so a worker that reconnects in time loses nothing. A second
-connection for a render name that is already connected replaces the first (a worker reconnecting before the
-server noticed its old connection died).
+render behaviour's decision (its zombie timer), so a worker that reconnects in time loses nothing.
+
+Identity: a worker presents either the shared farm token (then it may take any free render name) or its own
+credential (``farmhand admin worker add NAME``: then only that name). A second connection for a render name
+that is already connected replaces the first only if it is the same worker (a worker reconnecting before the
+server noticed its old connection died): one presenting that name's own credential, or a Hello carrying the
+same instance key as the live one. Any other is refused with the reason, and the live worker keeps its
+connection: two workers that chose the same name never take turns at it.
 
 With a store (``durable``), an assignment is written to its worker only once the store has committed the run
 it starts, so a server killed at any moment restarts knowing every run a worker may report: the worker's
@@ -66,6 +71,8 @@ WORKER_PREFIX = worker_address("")
 
 Sink = Callable[[Address, Message], None]
 TokenCheck = Callable[[str], bool]
+#: ``identify(token)``: the render name a worker's own credential is bound to, or None if it is not one
+Identify = Callable[[str], str | None]
 #: ``durable(callback)``: call ``callback`` (from any thread) once every event the core has sent so far is
 #: committed to the store (:meth:`farmhand.store.Store.after_commit`)
 Barrier = Callable[[Callable[[], None]], None]
@@ -109,6 +116,8 @@ class WorkerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.name = ""
+        self.identity: str | None = None  # after the handshake: "" the farm token, else the credential's name
+        self.instance = ""  # the instance key of the Hello that attached this connection
         self.state = _State.HANDSHAKE
         self.buffer = FrameBuffer(gateway.codec, PREAUTH_MAX_FRAME)
         self.close_reason = ""
@@ -175,9 +184,11 @@ class WorkerConnection(asyncio.Protocol):
         if msg.version not in SUPPORTED_VERSIONS:
             self.refuse(msg.id, f"protocol version {msg.version} is not supported (server speaks {PROTOCOL_VERSION})")
             return
-        if not gateway.check_token(msg.token):
-            self.refuse(msg.id, "bad farm token")
+        identity = gateway.identity_of(msg.token)
+        if identity is None:
+            self.refuse(msg.id, "bad farm token or worker credential")
             return
+        self.identity = identity
         self.state = _State.HELLO
         self.buffer.set_limit(None)
         gateway.stats["handshakes"] += 1
@@ -191,9 +202,24 @@ class WorkerConnection(asyncio.Protocol):
         if self.name and msg.info.name != self.name:
             self.close(f"Hello for render {msg.info.name!r} on the connection of {self.name!r}")
             return
+        if self.identity and msg.info.name != self.identity:
+            self.refuse(
+                msg.id, f"this credential is worker {self.identity!r}'s: start it with --name {self.identity}"
+            )
+            return
+        if not self.name:
+            live = self.gateway.by_name.get(msg.info.name)
+            if live is not None and live is not self and not self._same_worker(live, msg):
+                self.refuse(
+                    msg.id,
+                    f"render name {msg.info.name!r} is in use by a live worker connected from {live.peer}:"
+                    " give each worker its own --name (without --name, workers on one host choose distinct ones)",
+                )
+                return
         self._cancel_deadline()
         if not self.name:
             self.name = msg.info.name
+            self.instance = msg.instance
             try:
                 self.gateway._attach(self)
             except Exception as exc:
@@ -210,6 +236,12 @@ class WorkerConnection(asyncio.Protocol):
             )
         self.state = _State.READY
         self.gateway.host.send(render_address(self.name), msg)
+
+    def _same_worker(self, live: WorkerConnection, hello: Hello) -> bool:
+        """Whether this connection is the live one's worker coming back (so it may replace it)."""
+        if self.identity:  # the name's own credential (checked against the name above)
+            return True
+        return bool(hello.instance) and hmac.compare_digest(hello.instance.encode(), live.instance.encode())
 
     def _on_ready(self, msg: Message) -> None:
         kind = type(msg)
@@ -289,6 +321,7 @@ class Gateway:
         *,
         token: str | None = None,
         verify: TokenCheck | None = None,
+        identify: Identify | None = None,
         allow_anonymous: bool = False,
         bind: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
@@ -299,14 +332,18 @@ class Gateway:
         agent: str = "farmhand",
         durable: Barrier | None = None,
     ) -> None:
-        if token is None and verify is None and not allow_anonymous:
-            raise ValueError("a farm token (or a verifier) is required; pass allow_anonymous=True to accept anyone")
+        if token is None and verify is None and identify is None and not allow_anonymous:
+            raise ValueError(
+                "a farm token, a verifier or worker credentials are required; pass allow_anonymous=True to accept"
+                " anyone"
+            )
         if token is not None and not token:
             raise ValueError("the farm token must not be empty")
         self.host = host
         self.ensure_render = ensure_render
         self._token = token.encode() if token is not None else None
         self._verify = verify
+        self._identify = identify
         self.bind = bind
         self.port = port
         self.codec = server_codec(max_frame)
@@ -347,7 +384,20 @@ class Gateway:
                 return False
         if self._token is not None:
             return hmac.compare_digest(token.encode(), self._token)
-        return self._verify is None  # anonymous farm
+        return self._verify is None and self._identify is None  # anonymous farm
+
+    def identity_of(self, token: str) -> str | None:
+        """Who presents ``token``: the render name of a worker credential, "" for the farm token (any name),
+        None if neither."""
+        if self._identify is not None:
+            try:
+                name = self._identify(token)
+            except Exception:
+                log.exception("worker credential lookup failed")
+                return None
+            if name:
+                return name
+        return "" if self.check_token(token) else None
 
     async def start(self) -> None:
         """Listen on ``bind:port`` (port 0: an ephemeral port, then found in ``self.port``)."""
@@ -390,13 +440,25 @@ class Gateway:
     def _attach(self, conn: WorkerConnection) -> None:
         name = conn.name
         old = self.by_name.get(name)
-        if old is not None and old is not conn:
-            old.close(f"replaced by a new connection from {conn.peer}")
+        if old is not None and old is not conn:  # the same worker, back (checked by the connection's Hello)
+            old.close(f"replaced by the same worker's new connection from {conn.peer}")
         self.ensure_render(name)
         self.by_name[name] = conn
         if name not in self._sinks:
             self._sinks.add(name)
             self.host.sink(worker_address(name), self.deliver)
+
+    def revoke(self, name: str) -> None:
+        """A worker's credential was revoked (any thread): close its connection if it came in with it."""
+        def close() -> None:
+            conn = self.by_name.get(name)
+            if conn is not None and conn.identity == name:
+                conn.close("worker credential revoked")
+
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(close)
 
     # ------------------------------------------------------------------------------------------ outbound
     def deliver(self, to: Address, msg: Message) -> None:

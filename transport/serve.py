@@ -35,7 +35,7 @@ from farmhand.core.spec import JobSpec
 from farmhand.logs import fields
 
 from .codec import MAX_FRAME
-from .gateway import DEFAULT_HOST, DEFAULT_PORT, Barrier, Gateway, TokenCheck
+from .gateway import DEFAULT_HOST, DEFAULT_PORT, Barrier, Gateway, Identify, TokenCheck
 
 log = logging.getLogger("farmhand.serve")
 
@@ -138,6 +138,7 @@ def start_server(
     policy: Policy | str = "priority",
     *,
     verify: TokenCheck | None = None,
+    identify: Identify | None = None,
     allow_anonymous: bool = False,
     heartbeat_s: float = 5.0,
     zombie_s: float = 60.0,
@@ -155,6 +156,7 @@ def start_server(
 
     - ``token`` / ``verify``: the farm token workers must present (constant-time compare), or a callable
       that accepts or refuses a presented token (e.g. against hashed tokens in a store).
+    - ``identify``: a worker's own credential -> the render name it is bound to (None if it is not one).
     - ``policy``: a :class:`Policy` or a policy name / dotted path.
     - ``heartbeat_s`` / ``zombie_s``: the interval workers are told to heartbeat at, and the silence after
       which a render is declared lost (its runs requeued); used by the default render factory.
@@ -197,8 +199,8 @@ def start_server(
                     rt.spawn(address, make_render(name))
 
         gateway = Gateway(
-            rt, ensure_render, token=token, verify=verify, allow_anonymous=allow_anonymous, bind=host, port=port,
-            max_frame=max_frame, handshake_timeout=handshake_timeout, durable=durable,
+            rt, ensure_render, token=token, verify=verify, identify=identify, allow_anonymous=allow_anonymous,
+            bind=host, port=port, max_frame=max_frame, handshake_timeout=handshake_timeout, durable=durable,
         )
         loop = asyncio.new_event_loop()
         started: Future[None] = Future()

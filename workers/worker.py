@@ -17,8 +17,9 @@ Failures it survives:
   each reconnection.
 
 SIGINT or SIGTERM stop it within seconds: its tasks' process groups get SIGTERM then SIGKILL, the server a
-``Goodbye`` (which requeues those runs elsewhere). A second signal kills the tasks at once. A refused
-handshake (wrong token or protocol version) ends the worker with exit code 2.
+``Goodbye`` (which requeues those runs elsewhere). A second signal kills the tasks at once. A refusal (a wrong
+token or protocol version, a credential of another name, or a name a live worker of another host holds) ends
+the worker with exit code 2 and the server's reason in its log.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ import contextlib
 import itertools
 import logging
 import os
-import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from farmhand.core.messages import (
     Assign,
     FinishAck,
     Goodbye,
+    HandshakeRefused,
     Heartbeat,
     Hello,
     KillRun,
@@ -57,6 +57,7 @@ from farmhand.transport.client import Backoff, Connection, ConnectionClosed, Han
 from farmhand.transport.codec import RENDER_NAME, FrameError
 
 from .execute import ExecOptions, RunResult, TaskRun
+from .identity import host_name
 
 log = logging.getLogger("farmhand.worker")
 
@@ -78,13 +79,6 @@ def memory_mb() -> int:
         return 0
 
 
-def default_name() -> str:
-    """The host name, made a valid render name."""
-    name = re.sub(r"[^A-Za-z0-9_.@+-]", "-", socket.gethostname().split(".")[0] or "worker")
-    name = name.lstrip(".@+-") or "worker"
-    return name[:128]
-
-
 def parse_server(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a pair; ``ValueError`` otherwise."""
     host, sep, port = text.rpartition(":")
@@ -100,7 +94,8 @@ class WorkerOptions:
     host: str
     port: int
     token: str
-    name: str = field(default_factory=default_name)
+    name: str = field(default_factory=host_name)
+    instance: str = ""  # this worker's key for its name (see farmhand.workers.identity)
     tags: frozenset[str] = frozenset()
     capacity: int = 1
     max_tasks: int = 1
@@ -206,6 +201,14 @@ class Worker:
         log.info("worker stopped", extra=fields(render=self.name))
         return self.exit_code
 
+    def _refused(self, reason: str) -> None:
+        """The server will not have this worker (token, version, name): stop, exit code 2, the reason said."""
+        log.error("server refused this worker", extra=fields(render=self.name, reason=reason))
+        self.exit_code = EXIT_REFUSED
+        self._stopping = True
+        if self._stop is not None:
+            self._stop.set()
+
     async def _pause(self, seconds: float, why: str, **extra: object) -> None:
         log.info(why, extra=fields(render=self.name, delay_s=round(seconds, 2), **extra))
         assert self._stop is not None
@@ -232,9 +235,7 @@ class Worker:
         try:
             conn = opening.result()
         except HandshakeRefusedError as exc:
-            log.error("server refused this worker", extra=fields(render=self.name, reason=exc.reason))
-            self.exit_code = EXIT_REFUSED
-            self._stopping = True
+            self._refused(exc.reason)
             return None
         except (OSError, TimeoutError, FrameError, ConnectionClosed) as exc:
             await self._pause(
@@ -289,6 +290,9 @@ class Worker:
                 self._on_welcome(msg, conn)  # type: ignore[arg-type]
             elif kind is Rejoin:
                 self._on_rejoin(msg, conn)  # type: ignore[arg-type]
+            elif kind is HandshakeRefused:  # refused at its Hello (its name is another live worker's...)
+                self._refused(msg.reason)  # type: ignore[attr-defined]
+                return
             else:
                 log.debug("ignoring message", extra=fields(render=self.name, message=kind.__name__))
 
@@ -303,7 +307,7 @@ class Worker:
 
     def _hello(self, running: tuple[RunningRun, ...]) -> Hello:
         self._hello_id = self._next_id()
-        return Hello(self._hello_id, self.info, running)
+        return Hello(self._hello_id, self.info, running, instance=self.options.instance)
 
     def _on_rejoin(self, msg: Rejoin, conn: Connection) -> None:
         if msg.reply_to < self._hello_id:

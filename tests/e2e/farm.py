@@ -71,17 +71,22 @@ class Farm:
             self.changed.notify_all()
 
     # ------------------------------------------------------------------------------------------ workers
-    def start_worker(self, name: str, *extra: str, token: str = TOKEN, capacity: int = 1) -> subprocess.Popen[bytes]:
-        """Start a worker process named ``name`` (its log goes to ``logs/NAME.log``)."""
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+    def start_worker(
+        self, name: str | None, *extra: str, token: str = TOKEN, capacity: int = 1, key: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker process named ``name`` (None: no ``--name``, it chooses); its log goes to
+        ``logs/KEY.log`` (``key``: the name by default). Workers keep their state in ``logs/state``."""
+        key = key or name or f"unnamed{len(self.workers)}"
+        log = open(self.logs / f"{key}.log", "ab")  # noqa: SIM115 - closed with the process
         env = dict(os.environ, FARMHAND_TOKEN=token, PYTHONUNBUFFERED="1")
         cmd = [
-            *worker_command(), "--server", self.server.address, "--name", name, "--capacity", str(capacity),
+            *worker_command(), "--server", self.server.address, *(("--name", name) if name else ()),
+            "--state-dir", str(self.logs / "state"), "--capacity", str(capacity),
             "--kill-grace", "1", "--progress-interval", "0.2", "--reconnect-max", "1", *extra,
         ]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
-        self.workers[name] = proc
+        self.workers[key] = proc
         return proc
 
     def wait_connected(self, *names: str, timeout: float = 15.0) -> None:

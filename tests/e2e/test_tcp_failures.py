@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,7 +142,7 @@ def test_malformed_frames_and_wrong_tokens_are_refused_while_others_keep_working
         s.sendall(codec.encode(Handshake(1, PROTOCOL_VERSION, "not-the-token")))
         answer = _decode(_recv_all(s))
         assert len(answer) == 1 and isinstance(answer[0], HandshakeRefused)
-        assert answer[0].reason == "bad farm token" and "not-the-token" not in answer[0].reason
+        assert answer[0].reason == "bad farm token or worker credential" and "not-the-token" not in answer[0].reason
     # 4. an unsupported protocol version
     with _connect(farm) as s:
         s.sendall(codec.encode(Handshake(1, PROTOCOL_VERSION + 99, TOKEN)))
@@ -224,3 +226,33 @@ def test_a_worker_frozen_past_its_zombie_time_rejoins_and_serves_again(farm: Far
     )
     assert farm.wait_job(again, timeout=20) == "done"
     assert {r.render for r in farm.runs(again)} == {"sleepy"}
+
+
+def test_workers_started_without_a_name_on_one_host_take_distinct_stable_names(farm: Farm) -> None:
+    from farmhand.workers.identity import host_name
+
+    host = host_name()
+    first = farm.start_worker(None, key="a")
+    farm.wait_connected(host)
+    farm.start_worker(None, key="b")
+    farm.wait_connected(host, f"{host}-2")
+    job = farm.submit({"name": "pair", "blocks": [{"name": "b", "command": f"{sys.executable} -c pass",
+                                                  "frames": {"first": 1, "last": 6}}]})
+    assert farm.wait_job(job, timeout=60) == "done"
+    runs = farm.runs(job)
+    assert {r.render for r in runs} == {host, f"{host}-2"}
+    assert all(r.state == "done" and r.attempt == 1 for r in runs) and len(runs) == 6
+    assert farm.server.gateway.stats["closed_by_server"] == 0  # no replacement loop
+    # the first one, killed and started again, takes its name (and its key) back
+    key = farm.server.gateway.by_name[host].instance
+    assert len(key) == 32 and key != farm.server.gateway.by_name[f"{host}-2"].instance
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(5)
+    wait_until(lambda: host not in farm.server.gateway.by_name, 10, "the killed worker's connection to close")
+    farm.start_worker(None, key="a2")
+    farm.wait_connected(host)
+    assert farm.server.gateway.by_name[host].instance == key
+    # asking for a name another worker of this host holds stops at once, saying so
+    clash = farm.start_worker(f"{host}-2", key="clash")
+    assert clash.wait(15) == 2
+    assert "already runs as" in farm.log_of("clash")

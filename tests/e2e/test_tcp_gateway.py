@@ -19,6 +19,7 @@ from farmhand.core.messages import (
     FinishAck,
     Handshake,
     HandshakeAccepted,
+    HandshakeRefused,
     Heartbeat,
     Hello,
     Message,
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.e2e
 class RawWorker:
     """A blocking, hand-driven protocol client."""
 
-    def __init__(self, port: int, name: str, token: str = TOKEN) -> None:
+    def __init__(self, port: int, name: str, token: str = TOKEN, instance: str = "", welcome: bool = True) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.codec = worker_codec()
         self.frames = FrameBuffer(self.codec)
@@ -46,8 +47,10 @@ class RawWorker:
         self.name = name
         self.send(Handshake(1, PROTOCOL_VERSION, token))
         assert isinstance(self.recv(), HandshakeAccepted)
-        self.send(Hello(2, RenderInfo(name)))
-        assert isinstance(self.recv(), Welcome)
+        self.send(Hello(2, RenderInfo(name), instance=instance))
+        self.answer = self.recv()
+        if welcome:
+            assert isinstance(self.answer, Welcome), self.answer
 
     def send(self, msg: Message) -> None:
         self.sock.sendall(self.codec.encode(msg))
@@ -108,9 +111,9 @@ def test_assignments_travel_on_the_workers_connection_and_finish_reports_are_ack
         raw.close()
 
 
-def test_a_second_connection_with_the_same_name_replaces_the_first(farm: Farm) -> None:
-    first = RawWorker(farm.server.port, "twin")
-    second = RawWorker(farm.server.port, "twin")
+def test_the_same_worker_reconnecting_replaces_its_live_connection(farm: Farm) -> None:
+    first = RawWorker(farm.server.port, "twin", instance="k" * 32)
+    second = RawWorker(farm.server.port, "twin", instance="k" * 32)  # its key: the same worker, back
     try:
         assert first.closed()
         assert farm.server.gateway.by_name["twin"] is not None
@@ -121,6 +124,54 @@ def test_a_second_connection_with_the_same_name_replaces_the_first(farm: Farm) -
     finally:
         first.close()
         second.close()
+
+
+def test_another_worker_taking_a_live_workers_name_is_refused_and_the_live_one_keeps_it(farm: Farm) -> None:
+    live = RawWorker(farm.server.port, "twin", instance="a" * 32)
+    try:
+        for instance in ("b" * 32, ""):  # another key, or none: not the same worker
+            other = RawWorker(farm.server.port, "twin", instance=instance, welcome=False)
+            assert isinstance(other.answer, HandshakeRefused)
+            assert "in use by a live worker" in other.answer.reason and "--name" in other.answer.reason
+            assert other.closed()
+            other.close()
+        assert farm.server.gateway.by_name["twin"].instance == "a" * 32
+        live.send(Heartbeat(3, "twin"))
+        job = farm.submit({"name": "j", "blocks": [{"name": "b", "command": "x", "frames": {"first": 1, "last": 1}}]})
+        a = live.expect(Assign)
+        assert isinstance(a, Assign) and a.job_id == job
+    finally:
+        live.close()
+
+
+def test_worker_credentials_bind_a_name_replace_only_their_own_and_can_be_revoked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
+    server = FarmServer(ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0, shared_token=False)).start()
+    port = server.handle.port
+    try:
+        own = server.enrol_worker("r1")
+        server.enrol_worker("r2")
+        # the shared farm token is off: it is refused like any unknown token
+        with pytest.raises(AssertionError):
+            RawWorker(port, "r1", token=TOKEN)
+        # a credential is good only for its own name
+        wrong = RawWorker(port, "r2", token=own, welcome=False)
+        assert isinstance(wrong.answer, HandshakeRefused) and "--name r1" in wrong.answer.reason
+        wrong.close()
+        first = RawWorker(port, "r1", token=own)
+        second = RawWorker(port, "r1", token=own)  # the same credential replaces the live connection
+        assert first.closed()
+        first.close()
+        # revoked: its connection closes and it cannot come back
+        assert server.revoke_worker("r1")
+        assert second.closed()
+        second.close()
+        with pytest.raises(AssertionError):
+            RawWorker(port, "r1", token=own)
+    finally:
+        server.stop()
 
 
 def test_frames_over_the_limit_close_the_connection(farm: Farm) -> None:
