@@ -252,12 +252,15 @@ def cmd_export_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    """``farmhand admin user add NAME``, ``admin user list``, ``admin log-level [LEVEL]``."""
+    """``farmhand admin user add NAME``, ``admin user list``, ``admin worker add|remove|list``,
+    ``admin log-level [LEVEL]``."""
 
     def run() -> int:
         if args.admin_command == "log-level":
             print(_client(args).log_level(args.level))
             return EXIT_OK
+        if args.admin_command == "worker":
+            return _admin_worker(args)
         if args.db:
             from farmhand.store import Store, StoreError
 
@@ -281,6 +284,50 @@ def cmd_admin(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run(run)
+
+
+def _admin_worker(args: argparse.Namespace) -> int:
+    """``farmhand admin worker add|remove|list``: through the API (a revoked worker is disconnected at once), or
+    with ``--db`` on the store directly (then a running server drops a revoked worker at its next connection)."""
+    from farmhand.store import Store, StoreError
+
+    command = args.worker_command
+    if args.db:
+        try:
+            with Store(args.db) as store:
+                if command == "list":
+                    workers = store.enrolled_workers()
+                elif command == "remove":
+                    if not store.remove_worker(args.name):
+                        print(f"no worker {args.name!r} is enrolled", file=sys.stderr)
+                        return EXIT_USAGE
+                    print(f"revoked the credential of worker {args.name!r}")
+                    return EXIT_OK
+                else:
+                    token = store.add_worker(args.name, args.replace)
+        except StoreError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        client = _client(args)
+        if command == "list":
+            workers = client.workers()
+        elif command == "remove":
+            print(client.remove_worker(args.name))
+            return EXIT_OK
+        else:
+            token = client.add_worker(args.name, args.replace)
+    if command == "list":
+        for w in workers:
+            print(f"{w['name']}  enrolled {_when(w['created'])}")
+        return EXIT_OK
+    print(token)
+    print(
+        f"the credential of worker {args.name!r}: shown once; give it to that worker only"
+        f" (farmhand worker --name {args.name} --token-file FILE)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -409,6 +456,18 @@ def add_server_parsers(subparsers: Any) -> None:
             sub.add_argument("name", metavar="NAME")
             sub.add_argument("--admin", action="store_true", help="the user is an admin")
             sub.add_argument("--replace", action="store_true", help="give an existing user a new token")
+    worker = admin.add_parser("worker", help="workers' own credentials (each bound to one render name)")
+    workers = worker.add_subparsers(dest="worker_command", required=True)
+    for sub in (workers.add_parser("add", parents=[common], help="enrol a worker; prints its credential once"),
+                workers.add_parser("remove", parents=[common], help="revoke a worker's credential"),
+                workers.add_parser("list", parents=[common], help="list the enrolled workers")):
+        sub.add_argument("--db", help="the server's store directly (a running server then drops a revoked"
+                         " worker only when it reconnects)")
+        sub.set_defaults(func=cmd_admin, admin_command="worker")
+        if not sub.prog.endswith("list"):
+            sub.add_argument("name", metavar="NAME", help="the worker's render name")
+        if sub.prog.endswith("add"):
+            sub.add_argument("--replace", action="store_true", help="a new credential (the old one stops working)")
     level = admin.add_parser("log-level", parents=[common], help="show or set the server's log level")
     level.add_argument("level", nargs="?", help="debug, info, warning or error")
     level.set_defaults(func=cmd_admin, admin_command="log-level")

@@ -171,6 +171,21 @@ class ApiClient:
         result = self.request("POST", "/api/admin/users", {"name": name, "admin": admin, "replace": replace})
         return str(result["token"])
 
+    def add_worker(self, name: str, replace: bool = False) -> str:
+        """(admin) Enrol a worker under a render name; returns its credential (a new one with ``replace``)."""
+        result = self.request("POST", "/api/admin/workers", {"name": name, "replace": replace})
+        return str(result["token"])
+
+    def remove_worker(self, name: str) -> str:
+        """(admin) Revoke a worker's credential (its live connection is closed); returns what changed."""
+        result: str = self.request("DELETE", f"/api/admin/workers/{urllib.parse.quote(name, safe='')}")["detail"]
+        return result
+
+    def workers(self) -> list[dict[str, Any]]:
+        """(admin) The enrolled workers: name and when their credential was issued."""
+        result: list[dict[str, Any]] = self.request("GET", "/api/admin/workers")["workers"]
+        return result
+
     def log_level(self, level: str | None = None) -> str:
         """(admin) The server's log level, set first if ``level`` is given."""
         if level is None:

@@ -364,6 +364,7 @@ class Gateway:
         self._flush_scheduled = False
         self.durable = durable
         self._held: deque[deque[tuple[str, Message]]] = deque()  # batches waiting for the store, in order
+        self._covered = 0  # how many of the held batches the barrier in flight covers (0: none in flight)
         self._out_lock = threading.Lock()
 
     @property
@@ -489,12 +490,20 @@ class Gateway:
             # durable dispatch: an assignment leaves only once the store has its run (the job told the store
             # before it sent the Assign); what follows it waits behind it, so each worker's frames keep order
             self._held.append(batch)
-            self.durable(self._committed)
+            if not self._covered:
+                self._await_commit()
             return
         self._write_batch(batch)
 
+    def _await_commit(self) -> None:
+        """Ask the store to say when what it has now is committed: that covers every batch held so far (one
+        barrier in flight at a time, so a busy gateway costs the store one marker per commit, not per batch)."""
+        assert self.durable is not None
+        self._covered = len(self._held)
+        self.durable(self._committed)
+
     def _committed(self) -> None:
-        """The store committed what came before the oldest held batch (any thread): write it."""
+        """The store committed what came before the barrier (any thread): the loop writes what it covered."""
         loop = self._loop
         if loop is None:
             return
@@ -502,8 +511,11 @@ class Gateway:
             loop.call_soon_threadsafe(self._release_held)
 
     def _release_held(self) -> None:
-        if self._held:
+        covered, self._covered = self._covered, 0
+        for _ in range(min(covered, len(self._held))):
             self._write_batch(self._held.popleft())
+        if self._held:
+            self._await_commit()
 
     def _write_batch(self, batch: deque[tuple[str, Message]]) -> None:
         frames: dict[WorkerConnection, list[bytes]] = {}
