@@ -114,7 +114,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"farmhand worker: --log-level: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        identity = claim(args.name, Path(args.state_dir) if args.state_dir else None)
+        identity = claim(args.name, Path(args.state_dir) if args.state_dir else None, f"{host}:{port}")
     except NameTaken as exc:
         print(f"farmhand worker: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -137,6 +137,7 @@ def run_demo(workers: int = 4, folder: Path | None = None, frames: int = 12, tim
             cmd = [
                 sys.executable, "-m", "farmhand.workers.worker", "--server", server.worker_address,
                 "--name", f"demo-{i + 1}", "--capacity", "1", "--progress-interval", "0.2", "--log-level", "WARNING",
+                "--state-dir", str(root / "workers"),
             ]
             procs.append(subprocess.Popen(cmd, env=env, stdout=worker_log, stderr=worker_log, stdin=subprocess.DEVNULL,
                                           start_new_session=True))

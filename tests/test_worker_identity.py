@@ -45,3 +45,15 @@ def test_without_a_writable_state_folder_the_name_is_used_unguarded(tmp_path: Pa
     blocker.write_text("not a folder")
     identity = claim("r1", blocker / "sub")
     assert identity.name == "r1" and len(identity.instance) == 32
+
+
+def test_names_are_held_per_server(tmp_path: Path) -> None:
+    a = claim("r1", tmp_path, "127.0.0.1:51000")
+    b = claim("r1", tmp_path, "127.0.0.2:51000")  # another farm's r1: no clash on this host
+    try:
+        assert a.instance != b.instance
+        with pytest.raises(NameTaken):
+            claim("r1", tmp_path, "127.0.0.1:51000")
+    finally:
+        a.release()
+        b.release()

@@ -2,10 +2,11 @@
 
 Several workers on one host must just work. Without ``--name`` a worker takes the first free name of the
 host's series: the host name, then ``HOST-2``, ``HOST-3``... A name is held by an exclusive lock on a file in
-the state folder (``--state-dir``; default ``$XDG_STATE_HOME/farmhand/workers``, else
-``~/.local/state/farmhand/workers``) for the worker's whole life, so two workers never choose the same one, and
-a worker restarted on the host takes its name back (the lowest free one). With ``--name`` the lock still
-guards the name: a second worker of the host asking for a name in use stops at once with a clear message.
+the state folder of its server (``--state-dir``, default ``$XDG_STATE_HOME/farmhand/workers``, else
+``~/.local/state/farmhand/workers``; one subfolder per server address, as names are a server's) for the
+worker's whole life, so two workers never choose the same one, and a worker restarted on the host takes its
+name back (the lowest free one). With ``--name`` the lock still guards the name: a second worker of the host
+asking the same server for a name in use stops at once with a clear message.
 
 Each name keeps an instance key beside its lock (created once, readable only by its owner). The worker sends it
 in its Hello; the server lets a new connection replace the live connection of the same name only when the key
@@ -102,13 +103,16 @@ def _instance_key(folder: Path, name: str) -> str:
     return key
 
 
-def claim(name: str | None, folder: Path | None = None) -> WorkerIdentity:
-    """Hold ``name`` (or the first free name of the host's series) for this process.
+def claim(name: str | None, folder: Path | None = None, server: str = "") -> WorkerIdentity:
+    """Hold ``name`` (or the first free name of the host's series) for this process, among the workers of
+    ``server`` (``HOST:PORT``) whose state is in ``folder``.
 
     Raises :class:`NameTaken` if ``name`` is held by another worker of this host, or if all of the series is.
     If the state folder cannot be written, the name is used unguarded with a key for this process only.
     """
     folder = folder or default_state_dir()
+    if server:
+        folder = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", server) or "_")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:

@@ -103,8 +103,8 @@ def test_server_killed_mid_job_restarts_and_finishes_with_nothing_lost(tmp_path:
     wait_for(admin.whoami, 15, "the client API")
     for i in range(3):
         procs.start(f"worker{i}", "farmhand.workers.worker", "--server", f"127.0.0.1:{port}", "--name", f"w{i}",
-                    "--token-file", str(tmp_path / "farm.token"), "--reconnect-max", "0.3", "--progress-interval",
-                    "0.2", env=env)
+                    "--state-dir", str(tmp_path / "state"), "--token-file", str(tmp_path / "farm.token"),
+                    "--reconnect-max", "0.3", "--progress-interval", "0.2", env=env)
     spec = {
         "name": "restart-me",
         "blocks": [

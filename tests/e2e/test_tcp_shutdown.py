@@ -87,7 +87,8 @@ def test_the_development_server_stops_on_sigint(tmp_path: Path) -> None:
         assert line.startswith("listening on 127.0.0.1:")
         address = line.split()[-1]
         worker = subprocess.Popen(
-            [*worker_command(), "--server", address, "--name", "w", "--reconnect-max", "0.5"],
+            [*worker_command(), "--server", address, "--name", "w", "--reconnect-max", "0.5",
+             "--state-dir", str(tmp_path / "state")],
             stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
         )
         wait_until(lambda: "welcomed" in (tmp_path / "worker.log").read_text(), 15, "the worker to be welcomed")
