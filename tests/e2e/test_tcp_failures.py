@@ -256,3 +256,13 @@ def test_workers_started_without_a_name_on_one_host_take_distinct_stable_names(f
     clash = farm.start_worker(f"{host}-2", key="clash")
     assert clash.wait(15) == 2
     assert "already runs as" in farm.log_of("clash")
+
+
+def test_a_worker_of_another_host_taking_a_live_workers_name_is_told_and_exits(farm: Farm, tmp_path: Path) -> None:
+    farm.start_worker("shared")
+    farm.wait_connected("shared")
+    # another state folder: another host, as far as names go (its instance key differs)
+    other = farm.start_worker("shared", "--state-dir", str(tmp_path / "elsewhere"), key="other")
+    assert other.wait(15) == 2
+    assert "in use by a live worker" in farm.log_of("other")
+    assert farm.workers["shared"].poll() is None and "shared" in farm.server.gateway.by_name
