@@ -28,23 +28,53 @@ The API decides nothing: submissions and actions go to the registry as messages 
 the answers (``JobAccepted``/``JobRefused``, ``ActionDone``/``ActionRefused``, ``JobDetail``) come back to a
 sink that wakes the waiting request. A submission is committed to the store before it is sent, so a job
 answered "accepted" survives any crash. Lists come from the store.
+
+HTTP is aiohttp's server, on an asyncio event loop in one thread of its own (:class:`HttpApi`). It reads
+requests (lengths, chunked bodies, keep-alive, compressed bodies) and keeps no thread per client. A request's
+work (store reads, waiting for the farm's answer, both blocking) runs in a pool of ``MAX_CONCURRENT_REQUESTS``
+threads, through :class:`ClientApi`, which knows nothing of HTTP. Around that, every request:
+
+- holds a **slot** of ``MAX_CONCURRENT_REQUESTS`` (one per connection accepted and waiting for its first
+  request, or per request being served); without a free one it is answered ``503`` with ``Retry-After: 1`` at
+  once, so the pool never queues. The operating system holds up to ``LISTEN_BACKLOG`` connections not yet
+  accepted, so a burst of clients is answered rather than left waiting for a retransmission;
+- is read whole before anything acts on it: a body over ``MAX_BODY`` is a ``413``, one that cannot be read as
+  sent (broken chunks, content that does not decode) a ``400``, never an empty body (chunks framed wrongly in
+  a packet after the head stop aiohttp's parser short of an answer: the watchdog drops that client);
+- is dropped when its client stays silent ``REQUEST_TIMEOUT_S`` in the middle of it, or leaves its answer
+  unread that long;
+- is answered in JSON, the parser's own refusals too (a malformed request line, a line too long, an unknown
+  method).
+
+A web monitor adds its routes to ``HttpApi.app`` before ``start()``: static files with
+``app.router.add_static``, and server-sent events from a handler that prepares a ``web.StreamResponse`` and
+writes each event as it comes. Those are served on the event loop without a thread per client. A stream should
+then give its slot back, and count against a limit of its own, so that watchers do not crowd out requests.
 """
 
 from __future__ import annotations
 
+import ast
+import asyncio
+import concurrent.futures
+import contextlib
 import io
 import json
 import logging
-import queue
+import re
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from farmhand.core.frames import block_tasks
 from farmhand.core.job import ACTIONS
@@ -385,159 +415,119 @@ def _task_index(detail: JobDetail, block: int, task: str) -> int | None:
     return None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One request: authenticate, route, answer JSON (or CSV)."""
+class _Call:
+    """One request, read whole, as the synchronous layer sees it (in a thread of the pool)."""
 
-    server: _Server
-    server_version = "farmhand"
-    protocol_version = "HTTP/1.0"
-    def setup(self) -> None:
-        self.timeout = self.server.request_timeout_s  # a silent client cannot hold a thread (or the shutdown) long
-        super().setup()
+    __slots__ = ("body", "client", "headers", "method", "target")
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http " + format % args, extra=fields(client=self.client_address[0]))
+    def __init__(self, method: str, target: str, headers: Mapping[str, str], body: bytes, client: str) -> None:
+        self.method = method
+        self.target = target  # the request target as sent: path and query, still percent-encoded
+        self.headers = headers
+        self.body = body
+        self.client = client
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The server's own refusals (an unknown method, a malformed request line, headers too long) in JSON,
-        like every other answer of the API, instead of the standard library's HTML page."""
-        try:
-            reason = message or HTTPStatus(code).phrase
-        except ValueError:
-            reason = message or "error"
-        log.info("request refused", extra=fields(client=self.client_address[0], status=code, reason=reason))
-        self.close_connection = True
-        body = (json.dumps({"error": reason, "problems": [explain] if explain else []}) + "\n").encode("utf-8")
-        try:
-            self.send_response(code, message)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            if code == HTTPStatus.NOT_IMPLEMENTED:
-                self.send_header("Allow", "GET, POST, DELETE")
-            self.end_headers()
-            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
-                self.wfile.write(body)
-        except OSError:
-            pass
 
-    def do_GET(self) -> None:
-        self._serve("GET")
+class _Answer(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str = "application/json"
 
-    def do_POST(self) -> None:
-        self._serve("POST")
 
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
+def _json_answer(status: int, payload: Any) -> _Answer:
+    return _Answer(status, (json.dumps(payload) + "\n").encode("utf-8"))
 
-    # ---------------------------------------------------------------------------------------- plumbing
-    def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
-        body = payload if isinstance(payload, bytes) else (json.dumps(payload) + "\n").encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if status == HTTPStatus.UNAUTHORIZED:
-            self.send_header("WWW-Authenticate", 'Bearer realm="farmhand"')
-        self.end_headers()
-        self.wfile.write(body)
 
-    def _body(self) -> bytes:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
-        if length > MAX_BODY:
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
-        return self.rfile.read(length) if length > 0 else b""
+def _error_answer(exc: ApiError) -> _Answer:
+    return _json_answer(exc.status, {"error": exc.error, "problems": exc.problems, **exc.extra})
 
-    def _json_body(self) -> dict[str, Any]:
-        raw = self._body()
-        if not raw.strip():
-            return {}
-        try:
-            data = parse_text(raw.decode("utf-8-sig"), "body", json_only=True)
-        except UnicodeDecodeError as exc:
-            problem = f"body: not UTF-8 text (byte {exc.start})"
-            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", [problem]) from None
-        except SpecError as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", exc.problems) from None
-        if not isinstance(data, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", ["body: must be a JSON object"])
-        return data
 
-    def _actor(self) -> Actor:
-        header = self.headers.get("Authorization") or ""
-        scheme, _, token = header.partition(" ")
-        actor = self.server.api.authenticate(token.strip()) if scheme.lower() == "bearer" else None
-        if actor is None:
-            log.info("request refused: no valid token", extra=fields(client=self.client_address[0], path=self.path))
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "a valid user token is required (Authorization: Bearer TOKEN)")
-        return actor
+def _answer(api: ClientApi, call: _Call) -> _Answer:
+    """Authenticate, route and answer one request (JSON, or CSV); every failure is an answer too."""
+    try:
+        return _route(api, call)
+    except ApiError as exc:
+        return _error_answer(exc)
+    except SpecError as exc:
+        return _json_answer(HTTPStatus.BAD_REQUEST, {"error": "invalid job", "problems": exc.problems})
+    except Exception:
+        log.exception("request failed", extra=fields(path=call.target))
+        return _json_answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error", "problems": []})
 
-    def _serve(self, method: str) -> None:
-        try:
-            self._route(method)
-        except ApiError as exc:
-            payload: dict[str, Any] = {"error": exc.error, "problems": exc.problems, **exc.extra}
-            self._send(exc.status, payload)
-        except SpecError as exc:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid job", "problems": exc.problems})
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception:
-            log.exception("request failed", extra=fields(path=self.path))
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error", "problems": []})
 
-    def _route(self, method: str) -> None:
-        api = self.server.api
-        url = urlsplit(self.path)
-        parts = [p for p in url.path.split("/") if p]
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        if not parts or parts[0] != "api":
-            raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {url.path}")
-        actor = self._actor()
-        route = parts[1:]
-        if route == ["whoami"] and method == "GET":
-            self._send(HTTPStatus.OK, {"user": actor.user, "admin": actor.admin})
-        elif route == ["jobs"] and method == "POST":
-            specs = parse_body_jobs(self._body(), self.headers.get("Content-Type") or "")
-            self._send(HTTPStatus.OK, {"jobs": api.submit(actor, specs)})
-        elif route == ["jobs"] and method == "GET":
-            rows = api.store.jobs(user=query.get("user"))
-            self._send(HTTPStatus.OK, {"jobs": [r.to_json() for r in rows]})
-        elif len(route) >= 2 and route[0] == "jobs":
-            job_id = _job_id(route[1])
-            if len(route) == 2 and method == "GET":
-                lines = _int_param(query, "lines", 20)
-                with_tasks = _flag_param(query, "tasks", True)
-                first = _int_param(query, "offset", 0, MAX_ID)
-                limit = _int_param(query, "limit", DEFAULT_TASK_LIMIT, MAX_TASK_LIMIT) if with_tasks else 0
-                detail = api.detail(job_id, query.get("block"), query.get("task"), lines, first, limit)
-                self._send(HTTPStatus.OK, detail_to_json(detail, with_tasks))
-            elif len(route) == 2 and method == "DELETE":
-                self._send(HTTPStatus.OK, {"detail": api.act(actor, job_id, "delete", {})})
-            elif len(route) == 3 and route[2] == "runs" and method == "GET":
-                runs = [msgspec.to_builtins(r) for r in api.store.runs(job_id)]
-                for run in runs:
-                    run.pop("type", None)
-                self._send(HTTPStatus.OK, {"runs": runs})
-            elif len(route) == 3 and method == "POST":
-                self._send(HTTPStatus.OK, {"detail": api.act(actor, job_id, route[2], self._json_body())})
-            else:
-                raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {method} {url.path}")
-        elif route == ["renders"] and method == "GET":
-            self._send(HTTPStatus.OK, {"renders": api.store.renders()})
-        elif len(route) == 3 and route[0] == "renders" and method == "POST":
-            self._json_body()  # none is needed; a malformed one is still refused
-            self._send(HTTPStatus.OK, {"detail": api.render_action(actor, unquote(route[1]), route[2])})
-        elif route == ["runs.csv"] and method == "GET":
-            self._send(HTTPStatus.OK, runs_csv_text(api.store).encode("utf-8"), "text/csv; charset=utf-8")
-        elif route == ["admin", "users"] and method == "POST":
-            self._send(HTTPStatus.OK, api.add_user(actor, self._json_body()))
-        elif route == ["admin", "log-level"] and method in ("GET", "POST"):
-            self._send(HTTPStatus.OK, api.log_level(actor, self._json_body() if method == "POST" else None))
-        else:
-            raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {method} {url.path}")
+def _json_body(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        data = parse_text(raw.decode("utf-8-sig"), "body", json_only=True)
+    except UnicodeDecodeError as exc:
+        problem = f"body: not UTF-8 text (byte {exc.start})"
+        raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", [problem]) from None
+    except SpecError as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", exc.problems) from None
+    if not isinstance(data, dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "invalid JSON body", ["body: must be a JSON object"])
+    return data
+
+
+def _actor(api: ClientApi, call: _Call, path: str) -> Actor:
+    header = call.headers.get("Authorization") or ""
+    scheme, _, token = header.partition(" ")
+    actor = api.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+    if actor is None:
+        log.info("request refused: no valid token", extra=fields(client=call.client, path=path))
+        raise ApiError(HTTPStatus.UNAUTHORIZED, "a valid user token is required (Authorization: Bearer TOKEN)")
+    return actor
+
+
+def _route(api: ClientApi, call: _Call) -> _Answer:
+    method = call.method
+    url = urlsplit(call.target)
+    parts = [p for p in url.path.split("/") if p]
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    if not parts or parts[0] != "api":
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {url.path}")
+    actor = _actor(api, call, url.path)
+    route = parts[1:]
+    ok = HTTPStatus.OK
+    if route == ["whoami"] and method == "GET":
+        return _json_answer(ok, {"user": actor.user, "admin": actor.admin})
+    if route == ["jobs"] and method == "POST":
+        specs = parse_body_jobs(call.body, call.headers.get("Content-Type") or "")
+        return _json_answer(ok, {"jobs": api.submit(actor, specs)})
+    if route == ["jobs"] and method == "GET":
+        rows = api.store.jobs(user=query.get("user"))
+        return _json_answer(ok, {"jobs": [r.to_json() for r in rows]})
+    if len(route) >= 2 and route[0] == "jobs":
+        job_id = _job_id(route[1])
+        if len(route) == 2 and method == "GET":
+            lines = _int_param(query, "lines", 20)
+            with_tasks = _flag_param(query, "tasks", True)
+            first = _int_param(query, "offset", 0, MAX_ID)
+            limit = _int_param(query, "limit", DEFAULT_TASK_LIMIT, MAX_TASK_LIMIT) if with_tasks else 0
+            detail = api.detail(job_id, query.get("block"), query.get("task"), lines, first, limit)
+            return _json_answer(ok, detail_to_json(detail, with_tasks))
+        if len(route) == 2 and method == "DELETE":
+            return _json_answer(ok, {"detail": api.act(actor, job_id, "delete", {})})
+        if len(route) == 3 and route[2] == "runs" and method == "GET":
+            runs = [msgspec.to_builtins(r) for r in api.store.runs(job_id)]
+            for run in runs:
+                run.pop("type", None)
+            return _json_answer(ok, {"runs": runs})
+        if len(route) == 3 and method == "POST":
+            return _json_answer(ok, {"detail": api.act(actor, job_id, route[2], _json_body(call.body))})
+    elif route == ["renders"] and method == "GET":
+        return _json_answer(ok, {"renders": api.store.renders()})
+    elif len(route) == 3 and route[0] == "renders" and method == "POST":
+        _json_body(call.body)  # none is needed; a malformed one is still refused
+        return _json_answer(ok, {"detail": api.render_action(actor, unquote(route[1]), route[2])})
+    elif route == ["runs.csv"] and method == "GET":
+        return _Answer(ok, runs_csv_text(api.store).encode("utf-8"), "text/csv; charset=utf-8")
+    elif route == ["admin", "users"] and method == "POST":
+        return _json_answer(ok, api.add_user(actor, _json_body(call.body)))
+    elif route == ["admin", "log-level"] and method in ("GET", "POST"):
+        return _json_answer(ok, api.log_level(actor, _json_body(call.body) if method == "POST" else None))
+    raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {method} {url.path}")
 
 
 def _shown(value: Any, most: int = 60) -> str:
@@ -601,68 +591,57 @@ def runs_csv_text(store: Store) -> str:
     return out.getvalue()
 
 
-#: requests served at once; one more is answered 503 instead of costing the server another thread
+#: requests served at once (the size of the thread pool that runs them); one more is answered 503 at once
 MAX_CONCURRENT_REQUESTS = 64
-#: seconds a client may stay silent in the middle of a request before its thread lets it go
+#: seconds a client may stay silent in the middle of a request (or not read its answer) before it is dropped
 REQUEST_TIMEOUT_S = 3.0
+#: connections the operating system may hold for the server before it accepts them
+LISTEN_BACKLOG = 1024
+#: seconds an idle keep-alive connection stays open between requests
+KEEPALIVE_S = 15.0
+#: the longest line of a request's head (its request line, each header), as the standard library's server took
+MAX_LINE = 65536
+#: seconds ``stop()`` lets the requests in flight finish (one waits for the farm's answer at most REPLY_TIMEOUT_S)
+SHUTDOWN_S = REPLY_TIMEOUT_S + 5.0
 
-_BUSY = (
-    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b'Content-Length: 51\r\n\r\n{"error": "too many requests at once, retry soon"}\n'
-)
+_METHODS = ("GET", "POST", "DELETE")
 
 
-class _Server(ThreadingHTTPServer):
-    """A thread per request, at most ``max_requests`` at once; the others are answered 503 by one more thread.
+def _response(answer: _Answer) -> web.Response:
+    response = web.Response(status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type})
+    if answer.status == HTTPStatus.UNAUTHORIZED:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="farmhand"'
+    return response
 
-    The accept loop never waits on a refused client: it hands the connection to the refusing thread (up to
-    a queue of 128; beyond that the connection is just closed), which reads the request head briefly (closing
-    a socket with unread input would reset the connection, and the client would see that instead of the
-    503), answers and closes. Refusals are logged at most once a second, with a count.
-    """
 
-    daemon_threads = False  # server_close() joins the request threads: none is left behind
-    block_on_close = True
-    allow_reuse_address = True
+def _refusal(status: int, error: str, problems: list[str], **headers: str) -> web.Response:
+    """A refusal that also ends the connection (what follows on it may not be a request)."""
+    response = _response(_json_answer(status, {"error": error, "problems": problems}))
+    response.headers.update(headers)
+    response.force_close()
+    return response
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        api: ClientApi,
-        max_requests: int = MAX_CONCURRENT_REQUESTS,
-        request_timeout_s: float = REQUEST_TIMEOUT_S,
-    ) -> None:
-        self.api = api
-        self.request_timeout_s = request_timeout_s
-        self._slots = threading.BoundedSemaphore(max_requests)
-        self._refusals: queue.Queue[Any] = queue.Queue(maxsize=128)
+
+class _Gate:
+    """The request slots (``size``), counted on the event loop's thread only; refusals are logged at most once a
+    second, with a count."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
         self._refused = 0
         self._refusals_logged_at = 0.0
-        super().__init__(address, _Handler)
-        self._refuser = threading.Thread(target=self._refuse_loop, name="farmhand-http-busy", daemon=True)
-        self._refuser.start()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self._note_refusal()
-            try:
-                self._refusals.put_nowait(request)
-            except queue.Full:
-                self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+    def take(self) -> bool:
+        if self.used >= self.size:
+            return False
+        self.used += 1
+        return True
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    def give(self) -> None:
+        self.used -= 1
 
-    def _note_refusal(self) -> None:
+    def refused(self) -> None:
         self._refused += 1
         now = time.monotonic()
         if now - self._refusals_logged_at >= 1.0:
@@ -670,32 +649,169 @@ class _Server(ThreadingHTTPServer):
             self._refused = 0
             self._refusals_logged_at = now
 
-    def _refuse_loop(self) -> None:
-        while True:
-            request = self._refusals.get()
-            if request is None:
-                return
-            try:
-                request.settimeout(0.5)
-                request.recv(65536)
-                request.sendall(_BUSY)
-            except OSError:
-                pass
-            self.shutdown_request(request)
 
-    def server_close(self) -> None:
-        super().server_close()
-        while True:  # drop what still waits for a refusal, then stop the refusing thread
-            try:
-                self.shutdown_request(self._refusals.get_nowait())
-            except queue.Empty:
-                break
-        self._refusals.put(None)
-        self._refuser.join(timeout=5)
+class _Connection(RequestHandler):
+    """aiohttp's handler of one connection, plus three things of the API's own.
+
+    - **A request slot**: taken when the connection is accepted (a client that connects and says nothing yet
+      holds one, as a request on its way) and by each later request on the connection when its head has
+      arrived; given back when the answer is written. Without one, the request is answered 503.
+    - **The stall watchdog**: a client silent for ``timeout`` seconds in the middle of a request (its head or
+      its body still coming), or that leaves its answer unread that long, is dropped. Idle keep-alive
+      connections are aiohttp's (``keepalive_timeout``).
+    - **The parser's own refusals** (a malformed request line or header, a line too long, a method it does not
+      know, a body framed wrongly) are answered in JSON like every other error, and logged in one line.
+    """
+
+    def __init__(
+        self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, gate: _Gate, timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        self._clock = loop
+        self._gate = gate
+        self._timeout = timeout
+        self.slot = False
+        self.handling = False
+        self._read_since: float | None = None  # reading a request: the time of its last bytes
+        self._unread_since: float | None = None  # the client has left our writes unread since then
+        self._watch: asyncio.TimerHandle | None = None
+
+    # ---------------------------------------------------------------------------------------- slots
+    def claim(self) -> bool:
+        """Hold a request slot (the one the connection took when accepted, or a free one); False when full."""
+        if not self.slot:
+            self.slot = self._gate.take()
+            if not self.slot:
+                self._gate.refused()
+        return self.slot
+
+    def release(self) -> None:
+        if self.slot:
+            self.slot = False
+            self._gate.give()
+
+    # ---------------------------------------------------------------------------------------- the watchdog
+    def request_read(self) -> None:
+        """The request is read whole: the client owes nothing more until its answer is written."""
+        self._read_since = None
+
+    def _arm(self) -> None:
+        deadlines = [t + self._timeout for t in (self._read_since, self._unread_since) if t is not None]
+        if not deadlines:
+            return
+        if self._watch is not None:
+            if self._watch.when() <= min(deadlines):
+                return  # it will look again then
+            self._watch.cancel()
+        self._watch = self._clock.call_at(min(deadlines), self._look)
+
+    def _look(self) -> None:
+        self._watch = None
+        now = self._clock.time()
+        if any(t is not None and now - t >= self._timeout for t in (self._read_since, self._unread_since)):
+            stalled = "writing" if self._read_since is None else "reading"
+            log.debug("client stalled mid-request: dropped", extra=fields(client=self._client(), stalled=stalled))
+            transport = self.transport
+            self.force_close()
+            if transport is not None:
+                transport.abort()  # closing would wait for an unread answer to flush, and so never end
+        else:
+            self._arm()
+
+    def _client(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else "?"
+
+    # ---------------------------------------------------------------------------------------- aiohttp's hooks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.slot = self._gate.take()
+        self._read_since = self._clock.time()
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._read_since = self._unread_since = None
+        if not self.handling:  # else the handler gives the slot back when it ends
+            self.release()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if data:
+            self._read_since = self._clock.time()
+            if self._watch is None:
+                self._arm()
+        super().data_received(data)
+
+    def pause_writing(self) -> None:
+        self._unread_since = self._clock.time()
+        self._arm()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._unread_since = None
+        super().resume_writing()
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self.release()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer is partly sent already: no room for another")
+        headers: dict[str, str] = {}
+        if isinstance(exc, LineTooLong):
+            status, error = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long"
+            problems = [f"a line of the request head is over {exc.args[1]} bytes"]
+        elif isinstance(exc, BadHttpMethod):
+            status, error, problems = HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method{_method_in(exc)}", []
+            headers["Allow"] = ", ".join(_METHODS)
+        elif status == HTTPStatus.INTERNAL_SERVER_ERROR:
+            log.error("request failed", exc_info=exc, extra=fields(client=self._client()))
+            error, problems = "internal error", []
+        else:
+            error = "Bad request"
+            text = _parser_problem(exc.message if isinstance(exc, HttpProcessingError) else message)
+            problems = [text] if text else []
+        log.info("request refused", extra=fields(client=self._client(), status=int(status), reason=error))
+        return _refusal(status, error, problems, **headers)
+
+
+def _parser_problem(message: str | None) -> str:
+    """What the parser found wrong, without the bytes it quotes after it (they may hold a token)."""
+    text = (message or "").split("\n\n", 1)[0]
+    return ": ".join(line.strip().rstrip(":") for line in text.splitlines() if line.strip())[:200]
+
+
+def _method_in(exc: HttpProcessingError) -> str:
+    """`` ('FOO')``: the method of the request line the parser quotes, or nothing."""
+    for line in exc.message.splitlines():
+        line = line.strip()
+        if line.startswith(("b'", 'b"')):
+            with contextlib.suppress(ValueError, SyntaxError):
+                quoted = ast.literal_eval(line)
+                if isinstance(quoted, bytes) and quoted.split():
+                    return f" ({quoted.split()[0][:40].decode('latin-1')!r})"
+    return ""
 
 
 class HttpApi:
-    """The HTTP server of the client API, on its own thread; ``stop()`` joins every thread it started."""
+    """The HTTP server of the client API: aiohttp on an asyncio event loop in one thread of its own, the
+    requests' work (store reads, waiting for the farm's answer) in a pool of ``max_requests`` threads.
+
+    ``app`` is the aiohttp application: ``/api`` is routed to the API; a later addition (a web monitor) adds
+    its own routes to it before ``start()``: a static files route (``app.router.add_static``), a server-sent
+    events route whose handler writes a ``web.StreamResponse`` as events come. Those are served on the event
+    loop itself, without a thread per client. ``stop()`` joins every thread it started.
+    """
 
     def __init__(
         self,
@@ -706,12 +822,22 @@ class HttpApi:
         request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.api = api
-        self._server = _Server((host, port), api, max_requests, request_timeout_s)
-        bound = self._server.server_address
+        self.max_requests = max_requests
+        self.request_timeout_s = request_timeout_s
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # bound here, so that a port in use fails the caller at once and an ephemeral port is known
+        self._sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        bound = self._sock.getsockname()
         self.host, self.port = str(bound[0]), int(bound[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="farmhand-http", daemon=True
-        )
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_requests, thread_name_prefix="farmhand-http-call")
+        self.app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        self.app.router.add_route("*", "/api", self._api)
+        self.app.router.add_route("*", "/api/{rest:.*}", self._api)
+        self._thread = threading.Thread(target=self._run, name="farmhand-http", daemon=True)
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop = asyncio.new_event_loop()  # run by the thread; stop() can reach it whenever it is called
+        self._stopping = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -721,12 +847,114 @@ class HttpApi:
     def start(self) -> HttpApi:
         """Start serving; returns self."""
         self._thread.start()
+        if not self._ready.wait(10.0) or self._failure is not None:
+            self.stop()
+            raise RuntimeError(f"the client API did not start: {self._failure!r}") from self._failure
         log.info("client API listening", extra=fields(url=self.url))
         return self
 
     def stop(self) -> None:
-        """Stop accepting, finish the requests in progress, close the socket."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-        self._server.server_close()
+        """Stop accepting, let the requests in progress finish (for at most SHUTDOWN_S), close the socket."""
+        if self._thread.ident is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended by itself
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(timeout=SHUTDOWN_S + REPLY_TIMEOUT_S + 5.0)
+        elif not self._loop.is_closed():  # never started
+            self._loop.close()
+        self._pool.shutdown(wait=True)
+        self._sock.close()
+
+    # ---------------------------------------------------------------------------------------- the loop's thread
+    def _run(self) -> None:
+        loop = self._loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            self._failure = exc
+            log.exception("client API failed")
+        finally:
+            self._ready.set()
+            self._pool.shutdown(wait=True)  # requests still waiting for the farm end within its reply timeout
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
+        await runner.setup()
+        server, gate = runner.server, _Gate(self.max_requests)
+        assert server is not None
+
+        def connection() -> _Connection:
+            return _Connection(
+                server, loop=loop, gate=gate, timeout=self.request_timeout_s, keepalive_timeout=KEEPALIVE_S,
+                access_log=None, max_line_size=MAX_LINE, max_field_size=MAX_LINE,
+            )
+
+        listener = await loop.create_server(connection, sock=self._sock, backlog=LISTEN_BACKLOG)
+        try:
+            self._ready.set()
+            await self._stopping.wait()
+        finally:
+            listener.close()  # no new connection; then idle ones close, and those in a request finish it
+            await runner.cleanup()
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Every request: a slot (or 503 at once), then its body read whole (or 400/413, and the handler never
+        runs), then the handler; the router's refusals (no such path) in JSON too."""
+        conn = request.protocol
+        assert isinstance(conn, _Connection)
+        if not conn.claim():
+            return _refusal(HTTPStatus.SERVICE_UNAVAILABLE, "too many requests at once, retry soon", [],
+                            **{"Retry-After": "1"})
+        conn.handling = True
+        try:
+            try:
+                await _read_whole(request)
+            except ApiError as exc:
+                return _refusal(exc.status, exc.error, exc.problems)
+            finally:
+                conn.request_read()
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # from the router: nothing answers this path or method
+                error = f"no such endpoint {request.path}" if exc.status == HTTPStatus.NOT_FOUND else exc.reason
+                allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+                return _refusal(exc.status, error, [], **allow)
+            except Exception:
+                log.exception("request failed", extra=fields(path=request.path))
+                return _refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", [])
+            log.debug("http request", extra=fields(client=request.remote, method=request.method,
+                                                   path=request.path, status=response.status))
+            return response
+        finally:
+            conn.handling = False
+            if conn.transport is None:  # the client left: no answer will be written
+                conn.release()
+
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in _METHODS:
+            return _refusal(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({request.method!r})", [],
+                            Allow=", ".join(_METHODS))
+        call = _Call(request.method, request.raw_path, request.headers, await request.read(), request.remote or "")
+        return _response(await asyncio.get_running_loop().run_in_executor(self._pool, _answer, self.api, call))
+
+
+async def _read_whole(request: web.Request) -> None:
+    """Read the request's body as sent (a length, chunks, compressed) and keep it; 413 over MAX_BODY, 400 when it
+    cannot be read whole: a request is never acted on with a body other than the one sent."""
+    too_large = ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
+    if (request.content_length or 0) > MAX_BODY:
+        raise too_large
+    try:
+        await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    except Exception as exc:  # the framing is broken, the client went away in the middle, ...
+        text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        text = re.sub(r"^\d{3}, message:\s*", "", text)  # a parser's error passed on as text
+        problem = f"body: {_parser_problem(text) or type(exc).__name__}"
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the request body could not be read as sent", [problem]) from None

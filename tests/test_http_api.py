@@ -3,10 +3,13 @@ lines, actions, renders, the run log; a server with in-process scripted workers.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import http.client
 import io
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +294,180 @@ def test_an_admin_pauses_a_render_and_it_takes_no_new_task_until_resumed(farm: F
     assert farm.admin.render_action("r1", "resume") == "resumed"
     farm.wait_job(job_id)
     assert not farm.server.store.render_paused("r1")
+
+
+# ------------------------------------------------------------------------------------ HTTP framing and limits
+
+
+def raw_request(
+    host: str, port: int, data: bytes, timeout: float = 5.0, later: bytes = b""
+) -> tuple[int, dict[str, str], Any]:
+    """Send ``data`` as it is on a new connection (and ``later`` a moment after); the status, headers and body
+    (decoded JSON when it is JSON) of the answer."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if later:
+            time.sleep(0.2)
+            sock.sendall(later)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        body = resp.read()
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        return resp.status, headers, json.loads(body) if "json" in headers.get("content-type", "") else body
+
+
+def post_head(path: str, token: str, *headers: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {token}",
+             "Content-Type: application/json", "Connection: close", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_read_as_sent_and_one_that_cannot_be_read_acts_on_nothing(farm: Farm) -> None:
+    """A body sent with ``Transfer-Encoding: chunked`` used to be read as empty: skipping one task skipped them all."""
+    assert farm.server.http is not None
+    host, port = farm.server.http.host, farm.server.http.port
+    ann = farm.client("ann")
+    assert ann.token
+    job_id = submit(ann, job_spec(frames=4, paused=True))  # 8 tasks, nothing runs
+    te = "Transfer-Encoding: chunked"
+    status, _, answer = raw_request(host, port, post_head(f"/api/jobs/{job_id}/skip", ann.token, te)
+                                    + chunked(b'{"block":0,', b'"tasks":[0]}'))
+    assert (status, answer) == (200, {"detail": "skipped 1 task(s)"})
+    status, _, answer = raw_request(host, port, post_head(f"/api/jobs/{job_id}/restart", ann.token, te)
+                                    + chunked(b'{"block":0,"tasks":[0]}'))
+    assert (status, answer) == (200, {"detail": "restarted 1 task(s)"})
+    # bodies that cannot be read as sent (chunks framed wrongly, content that does not decode) are never acted
+    # on: a 400 naming the problem; when the broken framing comes after the head, the parser cannot resume and
+    # the client is dropped as stalled
+    api = HttpApi(farm.server.http.api, "127.0.0.1", 0, request_timeout_s=0.5).start()
+    try:
+        skip = post_head(f"/api/jobs/{job_id}/skip", ann.token, te)
+        gzipped = post_head(f"/api/jobs/{job_id}/skip", ann.token, "Content-Encoding: gzip", "Content-Length: 2")
+        for head, body in ((skip, b"zz\r\n{}\r\n0\r\n\r\n"), (skip, b"2\r\n{}XX0\r\n\r\n"), (gzipped, b"{}")):
+            for data, later in ((head + body, b""), (head, body)):
+                try:
+                    status, _, answer = raw_request(api.host, api.port, data, later=later)
+                except (http.client.RemoteDisconnected, ConnectionResetError):
+                    assert later and head is skip, "dropped without an answer"
+                    continue
+                assert status == 400 and answer["error"] and answer["problems"], (data, later, answer)
+    finally:
+        api.stop()
+    assert [t["state"] for t in ann.job(job_id)["tasks"]] == ["ready"] * 4 + ["waiting"] * 4
+
+
+def test_a_flood_of_clients_is_answered_at_once_each_200_or_503(farm: Farm) -> None:
+    """200 clients at once used to overflow a listen backlog of 5: answers took up to a minute, or never came."""
+    assert farm.server.http is not None
+    host, port = farm.server.http.host, farm.server.http.port
+    head = f"GET /api/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {farm.admin.token}\r\nConnection: close\r\n\r\n"
+    n = 200
+    start = threading.Barrier(n)
+    results: list[tuple[int | str, float, dict[str, str], Any] | None] = [None] * n
+
+    def one(i: int) -> None:
+        start.wait(timeout=20)
+        began = time.monotonic()
+        try:
+            status, headers, body = raw_request(host, port, head.encode(), timeout=10)
+            results[i] = (status, time.monotonic() - began, headers, body)
+        except OSError as exc:
+            results[i] = (repr(exc), time.monotonic() - began, {}, None)
+
+    threads = [threading.Thread(target=one, args=(i,), name=f"flood-{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not [t for t in threads if t.is_alive()]
+    late = sorted({(r[0], round(r[1], 1)) for r in results if r is None or r[0] not in (200, 503) or r[1] > 2.0},
+                  key=str)
+    assert not late, f"{len(late)} not answered 200 or 503 within 2 s, e.g. {late[:5]}"
+    statuses = [r[0] for r in results if r is not None]
+    assert statuses.count(200) >= 1, statuses
+    for r in results:
+        assert r is not None
+        if r[0] == 503:
+            assert r[2].get("retry-after") == "1" and r[3]["error"], r
+
+
+def test_the_servers_own_refusals_of_malformed_requests_are_json(farm: Farm) -> None:
+    assert farm.server.http is not None
+    host, port = farm.server.http.host, farm.server.http.port
+    token = farm.admin.token or ""
+    cases = {
+        "a request line that is not HTTP": b"GET /api/jobs and more HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a header line too long": b"GET /api/jobs HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+        "a body over the limit": post_head("/api/jobs", token, f"Content-Length: {8 * 1024 * 1024 + 1}") + b"{",
+        "a bad Content-Length": post_head("/api/jobs", token, "Content-Length: ten") + b"{}",
+    }
+    for name, data in cases.items():
+        status, _, body = raw_request(host, port, data)
+        assert 400 <= status < 500 and isinstance(body, dict) and body["error"], (name, status, body)
+        assert isinstance(body["problems"], list), name
+        if name == "a body over the limit":
+            assert status == 413, status
+
+
+def test_an_action_body_with_a_byte_order_mark_is_read(farm: Farm) -> None:
+    ann = farm.client("ann")
+    job_id = submit(ann, job_spec(frames=4, paused=True))
+    assert ann.request("POST", f"/api/jobs/{job_id}/skip", raw=b'\xef\xbb\xbf{"block": 0, "tasks": [1]}') == {
+        "detail": "skipped 1 task(s)"}
+
+
+def test_a_client_that_stalls_mid_request_is_dropped_and_frees_its_slot(farm: Farm) -> None:
+    assert farm.server.http is not None
+    api = HttpApi(farm.server.http.api, "127.0.0.1", 0, max_requests=1, request_timeout_s=0.5).start()
+    token = farm.admin.token or ""
+    try:
+        for stalled in (b"GET /api/who", post_head("/api/admin/log-level", token, "Content-Length: 20") + b'{"lev',
+                        post_head("/api/admin/log-level", token, "Transfer-Encoding: chunked") + b'14\r\n{"lev'):
+            with socket.create_connection((api.host, api.port), timeout=5) as sock:
+                sock.sendall(stalled)
+                began = time.monotonic()
+                try:
+                    left = sock.recv(65536)  # the server closes the connection (maybe after an answer)
+                except ConnectionResetError:
+                    left = b""
+                assert time.monotonic() - began < 3.0 and b"200 OK" not in left, left
+            assert ApiClient(api.url, token, timeout=5).whoami()["user"] == "admin"  # the slot is free again
+    finally:
+        api.stop()
+
+
+def test_a_client_that_leaves_its_answer_unread_is_dropped_and_frees_its_slot(farm: Farm) -> None:
+    assert farm.server.http is not None
+    token = farm.admin.token or ""
+    job_id = submit(farm.admin, job_spec(frames=30_000, paused=True))  # its detail is about 10 MB of JSON
+    api = HttpApi(farm.server.http.api, "127.0.0.1", 0, max_requests=1, request_timeout_s=0.5).start()
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(5)
+            sock.connect((api.host, api.port))
+            sock.sendall(f"GET /api/jobs/{job_id}?limit=100000 HTTP/1.1\r\nHost: x\r\n"
+                         f"Authorization: Bearer {token}\r\n\r\n".encode())
+            deadline = time.monotonic() + 10
+            while True:  # the answer stays unread: the server drops the client and its slot is free again
+                try:
+                    assert ApiClient(api.url, token, timeout=5).whoami()["user"] == "admin"
+                    break
+                except ApiError as e:
+                    assert e.status == 503 and time.monotonic() < deadline, e
+                    time.sleep(0.1)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(65536)  # what was buffered before the drop; the connection ends there
+            sock.settimeout(5)
+            got = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(1 << 20):
+                    got += len(chunk)
+            assert got < 9_000_000, got  # the answer was cut short
+    finally:
+        api.stop()
