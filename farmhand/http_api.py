@@ -21,6 +21,9 @@ Endpoints (JSON in, JSON out; errors are ``{"error": "...", "problems": [...]}``
 ``POST /api/renders/NAME/ACTION``           (admin) ``pause`` or ``resume`` a render (kept across restarts)
 ``GET  /api/runs.csv``                      the whole run log as ``tasks.csv``
 ``POST /api/admin/users``                   (admin) ``{"name", "admin"}``: a new user; its token, once
+``POST /api/admin/workers``                 (admin) ``{"name", "replace"}``: enrol a worker; its credential, once
+``GET  /api/admin/workers``                 (admin) the enrolled workers
+``DELETE /api/admin/workers/NAME``          (admin) revoke a worker's credential (its connection is closed)
 ``POST /api/admin/log-level``               (admin) ``{"level": "debug"}``; ``GET`` tells the level in force
 ==========================================  ====================================================================
 
@@ -181,9 +184,16 @@ def detail_to_json(detail: JobDetail, with_tasks: bool = True) -> dict[str, Any]
 class ClientApi:
     """The API's logic, independent of HTTP: every method takes the authenticated caller and plain values."""
 
-    def __init__(self, store: Store, bus: Bus, reply_timeout: float = REPLY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        reply_timeout: float = REPLY_TIMEOUT_S,
+        disconnect_worker: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.bus = bus
+        self.disconnect_worker = disconnect_worker  # the gateway's: closes a worker whose credential changed
         self.reply_timeout = reply_timeout
         self.replies = Replies()
         bus.sink(REPLY_ADDRESS, self.replies)
@@ -375,6 +385,35 @@ class ClientApi:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(exc), [str(exc)]) from None
         return {"user": name, "admin": admin, "token": token}
 
+    def add_worker(self, actor: Actor, body: dict[str, Any]) -> dict[str, Any]:
+        """(admin) Enrol a worker under a render name; the answer holds its credential, the only time it is
+        shown. With ``replace`` a new credential replaces the old one, whose connection is closed."""
+        self._admin_only(actor)
+        name, replace = body.get("name"), body.get("replace", False)
+        if not isinstance(name, str) or not isinstance(replace, bool):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad worker", ["name: a string; replace: true or false"])
+        try:
+            token = self.store.add_worker(name, replace=replace)
+        except StoreError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "bad worker", [str(exc)]) from None
+        if replace and self.disconnect_worker is not None:
+            self.disconnect_worker(name)
+        return {"worker": name, "token": token}
+
+    def remove_worker(self, actor: Actor, name: str) -> str:
+        """(admin) Revoke a worker's credential and close its connection if it came in with it."""
+        self._admin_only(actor)
+        if not self.store.remove_worker(name):
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no worker {name[:130]!r} is enrolled")
+        if self.disconnect_worker is not None:
+            self.disconnect_worker(name)
+        return f"revoked the credential of worker {name!r}"
+
+    def workers(self, actor: Actor) -> list[dict[str, Any]]:
+        """(admin) The enrolled workers."""
+        self._admin_only(actor)
+        return self.store.enrolled_workers()
+
     def log_level(self, actor: Actor, body: dict[str, Any] | None) -> dict[str, Any]:
         """(admin) Read or set the verbosity of the server's logs."""
         self._admin_only(actor)
@@ -525,6 +564,12 @@ def _route(api: ClientApi, call: _Call) -> _Answer:
         return _Answer(ok, runs_csv_text(api.store).encode("utf-8"), "text/csv; charset=utf-8")
     elif route == ["admin", "users"] and method == "POST":
         return _json_answer(ok, api.add_user(actor, _json_body(call.body)))
+    elif route == ["admin", "workers"] and method == "POST":
+        return _json_answer(ok, api.add_worker(actor, _json_body(call.body)))
+    elif route == ["admin", "workers"] and method == "GET":
+        return _json_answer(ok, {"workers": api.workers(actor)})
+    elif len(route) == 3 and route[:2] == ["admin", "workers"] and method == "DELETE":
+        return _json_answer(ok, {"detail": api.remove_worker(actor, unquote(route[2]))})
     elif route == ["admin", "log-level"] and method in ("GET", "POST"):
         return _json_answer(ok, api.log_level(actor, _json_body(call.body) if method == "POST" else None))
     raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {method} {url.path}")

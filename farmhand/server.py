@@ -281,7 +281,8 @@ class FarmServer:
                 render_factory=render_factory,
                 heartbeat_s=c.heartbeat_s, zombie_s=c.zombie_s, durable=store.after_commit,
             )
-            self.http = HttpApi(ClientApi(store, rt), c.http_host, c.http_port).start()
+            api = ClientApi(store, rt, disconnect_worker=self.handle.gateway.revoke)
+            self.http = HttpApi(api, c.http_host, c.http_port).start()
         except BaseException:
             self.stop()
             raise
@@ -290,22 +291,6 @@ class FarmServer:
             extra=fields(workers=self.worker_address, api=self.http.url, db=str(c.db), policy=c.policy),
         )
         return self
-
-    def enrol_worker(self, name: str, replace: bool = False) -> str:
-        """A new credential for worker ``name`` (a new one replaces the old: its live connection is closed)."""
-        assert self.store is not None
-        token = self.store.add_worker(name, replace=replace)
-        if replace and self.handle is not None:
-            self.handle.gateway.revoke(name)
-        return token
-
-    def revoke_worker(self, name: str) -> bool:
-        """Revoke worker ``name``'s credential and close its connection if it came in with it."""
-        assert self.store is not None
-        gone = self.store.remove_worker(name)
-        if gone and self.handle is not None:
-            self.handle.gateway.revoke(name)
-        return gone
 
     def stop(self) -> None:
         """Stop the client API, the gateway, the actors, then flush and close the store."""

@@ -94,6 +94,31 @@ def test_admin_user_add_directly_on_the_store_and_through_the_api(
     assert farmhand("admin", "log-level", "--token", token) == 2  # ann is no admin
 
 
+def test_admin_worker_credentials_through_the_api_and_on_the_store(
+    farm: Farm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "farm.db")
+    assert farmhand("admin", "worker", "add", "r1") == 0
+    out = capsys.readouterr()
+    token = out.out.strip()
+    assert len(token) == 64 and "--name r1" in out.err
+    assert farm.store.worker_for_token(token) == "r1"
+    assert farmhand("admin", "worker", "add", "r1") == 2 and "enrolled already" in capsys.readouterr().err
+    assert farmhand("admin", "worker", "add", "r2", "--db", db) == 0
+    capsys.readouterr()
+    assert farmhand("admin", "worker", "list") == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["r1", "r2"]
+    assert farmhand("admin", "worker", "remove", "r1") == 0
+    assert "revoked" in capsys.readouterr().out and farm.store.worker_for_token(token) is None
+    assert farmhand("admin", "worker", "remove", "r1") == 2 and "no worker 'r1'" in capsys.readouterr().err
+    assert farmhand("admin", "worker", "remove", "r2", "--db", db) == 0
+    assert farmhand("admin", "worker", "list", "--db", db) == 0
+    assert capsys.readouterr().out.endswith("revoked the credential of worker 'r2'\n")
+    ann = farm.client("ann")
+    assert farmhand("admin", "worker", "add", "r3", "--token", ann.token or "") == 2  # not an admin
+    assert "not an admin" in capsys.readouterr().err
+
+
 def test_server_timings_that_cannot_work_are_refused_before_it_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

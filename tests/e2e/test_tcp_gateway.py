@@ -150,9 +150,11 @@ def test_worker_credentials_bind_a_name_replace_only_their_own_and_can_be_revoke
     monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
     server = FarmServer(ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0, shared_token=False)).start()
     port = server.handle.port
+    assert server.http is not None
+    api, admin = server.http.api, Actor("admin", True)
     try:
-        own = server.enrol_worker("r1")
-        server.enrol_worker("r2")
+        own = api.add_worker(admin, {"name": "r1"})["token"]
+        api.add_worker(admin, {"name": "r2"})
         # the shared farm token is off: it is refused like any unknown token
         with pytest.raises(AssertionError):
             RawWorker(port, "r1", token=TOKEN)
@@ -165,7 +167,7 @@ def test_worker_credentials_bind_a_name_replace_only_their_own_and_can_be_revoke
         assert first.closed()
         first.close()
         # revoked: its connection closes and it cannot come back
-        assert server.revoke_worker("r1")
+        assert api.remove_worker(admin, "r1") == "revoked the credential of worker 'r1'"
         assert second.closed()
         second.close()
         with pytest.raises(AssertionError):
