@@ -1,7 +1,10 @@
-"""The named actors of the server: one per job, one per render, one solver, one registry.
+"""The named actors of the server: one per job, one solver, one registry, and render shards.
 
-Each is a :class:`~farmhand.actors.runtime.BehaviourActor` around the core behaviour of the same name; they
-differ only in name (which shows in thread names and logs), because every decision lives in the behaviour.
+Jobs, the solver and the registry each get a :class:`~farmhand.actors.runtime.BehaviourActor` of their own
+around the core behaviour of the same name. Renders are many (thousands on a big farm, each woken by every
+heartbeat of its worker), so :class:`RenderActor` is a :class:`~farmhand.actors.runtime.ShardActor`: a fixed
+number of them host every render behaviour between them, by a hash of the render's address. The classes differ
+only in name (which shows in thread names and logs), because every decision lives in the behaviour.
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ from farmhand.core.render import RenderBehaviour
 from farmhand.core.runtime import Behaviour
 from farmhand.core.solver import Solver
 
-from .runtime import BehaviourActor
+from .runtime import BehaviourActor, ShardActor
 
 
 class JobActor(BehaviourActor):
     """Hosts one job's :class:`~farmhand.core.job.JobBehaviour`."""
 
 
-class RenderActor(BehaviourActor):
-    """Hosts one render's :class:`~farmhand.core.render.RenderBehaviour`."""
+class RenderActor(ShardActor):
+    """Hosts the :class:`~farmhand.core.render.RenderBehaviour` of many renders (a shard of them)."""
 
 
 class SolverActor(BehaviourActor):
@@ -31,7 +34,7 @@ class RegistryActor(BehaviourActor):
     """Hosts the job :class:`~farmhand.core.registry.Registry`."""
 
 
-ACTOR_CLASSES: dict[type, type[BehaviourActor]] = {
+ACTOR_CLASSES: dict[type, type[BehaviourActor] | type[ShardActor]] = {
     JobBehaviour: JobActor,
     RenderBehaviour: RenderActor,
     Solver: SolverActor,
@@ -39,6 +42,7 @@ ACTOR_CLASSES: dict[type, type[BehaviourActor]] = {
 }
 
 
-def actor_class_for(behaviour: Behaviour) -> type[BehaviourActor]:
-    """The actor class that hosts ``behaviour`` (the generic one for anything else, e.g. virtual workers)."""
+def actor_class_for(behaviour: Behaviour) -> type[BehaviourActor] | type[ShardActor]:
+    """The actor class that hosts ``behaviour`` (the generic one for anything else, e.g. virtual workers); a
+    :class:`ShardActor` class means the behaviour shares one of that class's shards."""
     return ACTOR_CLASSES.get(type(behaviour), BehaviourActor)

@@ -1,4 +1,13 @@
-"""The pykka runtime: each core behaviour inside its own ``pykka.ThreadingActor``.
+"""The pykka runtime: core behaviours inside ``pykka.ThreadingActor``s.
+
+Most behaviours get an actor (a thread) of their own. Behaviours whose actor class is a :class:`ShardActor`
+(renders: thousands of them, each woken by every heartbeat of its worker) share a fixed number of *shard*
+actors of that class instead (``PykkaRuntime(shards=...)``, 4 by default): the shard of an address is fixed
+by a hash of it, a message is queued on the shard together with the behaviour it is for, and the shard hands
+it to that behaviour. The behaviour sees no difference: its own context, address, seeded random generator
+and timers; one message at a time; the messages of one sender reach it in the order they were sent; after
+``ctx.stop()`` no new message is routed to it, and it still handles those already queued for it, as an actor
+of its own handles what its inbox held when it stopped.
 
 ``send`` is ``tell``; timers live on one small timer thread that ``tell``s when they are due; ``now`` is
 ``time.monotonic()`` measured from the runtime's start (or wall time, for a store that persists times).
@@ -12,10 +21,13 @@ import contextlib
 import heapq
 import itertools
 import logging
+import queue
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import pykka
 
@@ -25,17 +37,18 @@ from farmhand.core.runtime import Address, Behaviour
 log = logging.getLogger("farmhand.actors")
 
 Sink = Callable[[Address, Message], None]
+DEFAULT_SHARDS = 4
 
 
 class ActorContext:
     """The context the pykka runtime gives one behaviour (used only on that actor's thread)."""
 
-    __slots__ = ("_actor", "_address", "_random", "_runtime")
+    __slots__ = ("_address", "_leave", "_random", "_runtime")
 
-    def __init__(self, runtime: PykkaRuntime, address: Address, actor: BehaviourActor, seed: int) -> None:
+    def __init__(self, runtime: PykkaRuntime, address: Address, seed: int, leave: Callable[[], None]) -> None:
         self._runtime = runtime
         self._address = address
-        self._actor = actor
+        self._leave = leave  # what stop() does: the host forgets the behaviour
         self._random = random.Random(seed)
 
     @property
@@ -66,8 +79,7 @@ class ActorContext:
         self._runtime.spawn(address, behaviour)
 
     def stop(self) -> None:
-        self._runtime.forget(self._address)
-        self._actor.stop()
+        self._leave()
 
 
 class BehaviourActor(pykka.ThreadingActor):
@@ -77,8 +89,13 @@ class BehaviourActor(pykka.ThreadingActor):
         super().__init__()
         self.behaviour = behaviour
         self.address = address
-        self.ctx = ActorContext(runtime, address, self, seed)
+        self.ctx = ActorContext(runtime, address, seed, self._leave)
         self.runtime = runtime
+
+    def _leave(self) -> None:
+        """``ctx.stop()``: no new message is routed here; the actor stops after what its inbox holds."""
+        self.runtime.forget(self.address)
+        self.stop()
 
     def on_receive(self, message: object) -> None:
         if not isinstance(message, Message):
@@ -89,6 +106,119 @@ class BehaviourActor(pykka.ThreadingActor):
             log.exception("behaviour at %s failed on %s", self.address, type(message).__name__)
         finally:
             self.runtime.delivered(1)
+
+
+class Hosted:
+    """One behaviour hosted on a shard: its messages are queued on the shard with it."""
+
+    __slots__ = ("address", "behaviour", "ctx", "live", "shard")
+
+    def __init__(self, address: Address, behaviour: Behaviour, shard: Shard) -> None:
+        self.address = address
+        self.behaviour = behaviour
+        self.shard = shard
+        self.live = True  # False once its stop is reached in the shard's queue (or the runtime stops)
+        self.ctx: ActorContext  # set by the runtime, which builds the context around this record
+
+
+_DRAIN = object()  # the one message a shard actor is told: handle what is pending
+_RETIRE = object()  # queued for a behaviour that stopped, after the messages it still handles
+
+
+class Shard:
+    """A shard: the behaviours it hosts, the messages pending for them, and the actor that handles those.
+
+    Senders append ``(hosted, message)`` to ``pending``, one FIFO for the whole shard, so the messages of one
+    sender reach each behaviour in the order they were sent; they tell the actor to drain only when it has not
+    been told already, and the actor takes everything pending at once. ``hosted`` changes under the runtime's
+    lock; ``closed`` is set when the runtime stops.
+    """
+
+    __slots__ = ("closed", "hosted", "lock", "name", "pending", "ref", "told")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hosted: dict[Address, Hosted] = {}
+        self.lock = threading.Lock()
+        self.pending: list[tuple[Hosted, Message | object]] = []
+        self.told = False  # the actor has a drain coming, or is draining: a new message need not tell it
+        self.closed = False
+        self.ref: pykka.ActorRef[ShardActor]
+
+    def post(self, hosted: Hosted, message: Message | object) -> None:
+        """Queue ``message`` for ``hosted`` (any thread); raises ``pykka.ActorDeadError`` once stopped."""
+        with self.lock:
+            self.pending.append((hosted, message))
+            if self.told:
+                return
+            self.told = True
+        self.ref.tell(_DRAIN)
+
+    def take(self) -> list[tuple[Hosted, Message | object]]:
+        """Everything pending (the actor's thread); when nothing is, the next message will tell the actor."""
+        with self.lock:
+            batch = self.pending
+            if batch:
+                self.pending = []
+            else:
+                self.told = False
+        return batch
+
+
+class ShardActor(pykka.ThreadingActor):
+    """A pykka actor hosting the many behaviours of one :class:`Shard`. Told to drain, it hands each pending
+    message to its behaviour, in order, until nothing is pending; a failing message is logged and the shard
+    goes on with the next.
+
+    Waking a thread costs more than a render's heartbeat (tens of microseconds of system and GIL hand-over
+    against a few of Python), so a shard under load waits ``linger_s`` between two batches and takes what
+    gathered meanwhile in one go: under a stream of messages each shard wakes at most about 1/``linger_s``
+    times a second, however many behaviours it hosts, at the price of that much delay for messages that
+    arrive in the stream. A message that finds the shard idle is handled at once; the shard lingers only
+    after a batch of more than one message.
+    """
+
+    linger_s = 0.005
+    rounds = 100  # batches in a row before the shard lets its inbox's other messages (a stop) in
+
+    def __init__(self, runtime: PykkaRuntime, shard: Shard) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.shard = shard
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return queue.SimpleQueue()  # all pykka asks of an inbox (put, get, empty), lighter than a Queue
+
+    def on_receive(self, message: object) -> None:
+        if message is not _DRAIN:
+            return
+        shard = self.shard
+        runtime = self.runtime
+        for _ in range(self.rounds):
+            if shard.closed:
+                return
+            batch = shard.take()
+            if not batch:
+                return
+            handled = 0
+            for hosted, msg in batch:
+                if not hosted.live:
+                    runtime.dropped += 1
+                    continue
+                if msg is _RETIRE:
+                    hosted.live = False
+                    continue
+                handled += 1
+                try:
+                    hosted.behaviour.handle(msg, hosted.ctx)
+                except Exception:
+                    log.exception("behaviour at %s failed on %s", hosted.address, type(msg).__name__)
+            if handled:
+                runtime.delivered(handled)
+            if len(batch) > 1 and self.linger_s > 0:
+                time.sleep(self.linger_s)
+        self.actor_ref.tell(_DRAIN)  # still pending: drain again after what else the inbox holds
 
 
 class TimerThread:
@@ -144,15 +274,24 @@ class TimerThread:
 
 
 class PykkaRuntime:
-    """Hosts behaviours as pykka actors; ``stop()`` ends every actor and the timer thread."""
+    """Hosts behaviours as pykka actors; ``stop()`` ends every actor and the timer thread.
 
-    def __init__(self, seed: int = 0, wall_clock: bool = False, first_id: int = 1) -> None:
+    ``shards``: how many shard actors each :class:`ShardActor` class gets (started as they are first needed);
+    0 gives every behaviour an actor of its own, whatever its actor class.
+    """
+
+    def __init__(
+        self, seed: int = 0, wall_clock: bool = False, first_id: int = 1, shards: int = DEFAULT_SHARDS
+    ) -> None:
         self._t0 = time.monotonic()
         self.clock: Callable[[], float] = time.time if wall_clock else self._monotonic
         self._seed = seed
         self._ids = itertools.count(first_id)  # a restarted server starts above every id it handed out before
         self._id_lock = threading.Lock()
         self._actors: dict[Address, pykka.ActorRef[BehaviourActor]] = {}
+        self._hosted: dict[Address, Hosted] = {}
+        self._shard_count = max(shards, 0)
+        self._shards: dict[type[ShardActor], list[Shard | None]] = {}
         self._behaviours: dict[Address, Behaviour] = {}
         self._lock = threading.Lock()
         self.sinks: dict[Address, Sink] = {}
@@ -177,17 +316,57 @@ class PykkaRuntime:
             self.messages += count
 
     def spawn(self, address: Address, behaviour: Behaviour) -> None:
-        """Start an actor hosting ``behaviour`` at ``address``."""
+        """Host ``behaviour`` at ``address``: on its shard, or in an actor of its own."""
         with self._lock:
-            if address in self._actors:
+            if address in self._actors or address in self._hosted:
                 raise ValueError(f"address {address!r} is taken")
             self._spawned += 1
+            seed = self._seed * 1_000_003 + self._spawned
             from .actors import actor_class_for  # the named actor classes import the core behaviours
 
             actor_class = actor_class_for(behaviour)
-            ref = actor_class.start(self, address, behaviour, self._seed * 1_000_003 + self._spawned)
-            self._actors[address] = ref
+            if issubclass(actor_class, ShardActor) and self._shard_count:
+                shard = self._shard_for(actor_class, address)
+                hosted = Hosted(address, behaviour, shard)
+                hosted.ctx = ActorContext(self, address, seed, lambda: self._unhost(hosted))
+                shard.hosted[address] = hosted
+                self._hosted[address] = hosted
+            else:
+                own = actor_class if issubclass(actor_class, BehaviourActor) else BehaviourActor  # shards=0
+                self._actors[address] = own.start(self, address, behaviour, seed)
             self._behaviours[address] = behaviour
+
+    def _shard_for(self, actor_class: type[ShardActor], address: Address) -> Shard:
+        """The shard of ``address`` among ``actor_class``'s (started now if need be; under the lock)."""
+        pool = self._shards.get(actor_class)
+        if pool is None:
+            pool = self._shards[actor_class] = [None] * self._shard_count
+        index = zlib.crc32(address.encode()) % len(pool)
+        shard = pool[index]
+        if shard is None:
+            shard = Shard(f"{actor_class.__name__}/{index}")
+            shard.ref = actor_class.start(self, shard)
+            pool[index] = shard
+        return shard
+
+    def _unhost(self, hosted: Hosted) -> None:
+        """``ctx.stop()`` of a behaviour on a shard: no new message is routed to it; it leaves the shard once
+        it has handled those already queued (as an actor's stop comes after what its inbox holds)."""
+        with self._lock:
+            if self._hosted.get(hosted.address) is hosted:
+                del self._hosted[hosted.address]
+                self._behaviours.pop(hosted.address, None)
+            if hosted.shard.hosted.get(hosted.address) is hosted:
+                del hosted.shard.hosted[hosted.address]
+        with contextlib.suppress(pykka.ActorDeadError):
+            hosted.shard.post(hosted, _RETIRE)
+
+    def shard_sizes(self) -> dict[str, int]:
+        """How many behaviours each running shard hosts, by shard name (``RenderActor/3``)."""
+        with self._lock:
+            return {
+                shard.name: len(shard.hosted) for pool in self._shards.values() for shard in pool if shard is not None
+            }
 
     def behaviour(self, address: Address) -> Behaviour | None:
         """The behaviour hosted at ``address`` (read it only once the farm is quiet)."""
@@ -195,7 +374,11 @@ class PykkaRuntime:
             return self._behaviours.get(address)
 
     def forget(self, address: Address) -> None:
-        """Drop ``address`` from routing (its actor is stopping)."""
+        """Drop ``address`` from routing (its actor is stopping, or its behaviour leaves its shard)."""
+        hosted = self._hosted.get(address)
+        if hosted is not None:
+            self._unhost(hosted)
+            return
         with self._lock:
             self._actors.pop(address, None)
             self._behaviours.pop(address, None)
@@ -209,7 +392,14 @@ class PykkaRuntime:
                 self.sinks[address] = sink
 
     def send(self, to: Address, message: Message) -> None:
-        """Deliver ``message`` to ``to``: ``tell`` to an actor, or a call of a sink."""
+        """Deliver ``message`` to ``to``: ``tell`` to its shard or its actor, or a call of a sink."""
+        hosted = self._hosted.get(to)
+        if hosted is not None:
+            try:
+                hosted.shard.post(hosted, message)
+            except pykka.ActorDeadError:
+                self.dropped += 1
+            return
         ref = self._actors.get(to)
         if ref is not None:
             try:
@@ -228,16 +418,25 @@ class PykkaRuntime:
         sink(to, message)
 
     def addresses(self) -> list[Address]:
-        """Every actor address hosted now."""
+        """Every address hosted now (in actors of their own or on shards)."""
         with self._lock:
-            return list(self._actors)
+            return [*self._actors, *self._hosted]
 
     def stop(self) -> None:
         """Stop the timer thread and every actor (blocking until they are gone)."""
         self.timers.stop()
         with self._lock:
-            refs = list(self._actors.values())
+            refs: list[pykka.ActorRef[Any]] = list(self._actors.values())
+            refs += [shard.ref for pool in self._shards.values() for shard in pool if shard is not None]
+            for hosted in self._hosted.values():
+                hosted.live = False
+            for pool in self._shards.values():
+                for shard in pool:
+                    if shard is not None:
+                        shard.closed = True
             self._actors.clear()
+            self._hosted.clear()
+            self._shards.clear()
         for ref in refs:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=5)

@@ -54,6 +54,8 @@ class Generator:
         self.assigned = 0
         self.acked = 0
         self.heartbeats = 0
+        self.rejoins = 0  # a render declared lost while its connection stayed up
+        self.connect_errors = 0
         self.all_welcomed = asyncio.Event()
         self.expected = 0
         self.ids = 0
@@ -107,6 +109,7 @@ class FakeWorker(asyncio.Protocol):
                 info = RenderInfo(self.name, frozenset(), gen.capacity, gen.capacity, 0, 1)
                 out.append(encode(Hello(gen.next_id(), info)))
             elif kind is Rejoin:
+                gen.rejoins += 1
                 out.append(encode(Hello(gen.next_id(), RenderInfo(self.name, frozenset(), gen.capacity, gen.capacity))))
             elif kind is HandshakeRefused:
                 gen.refused += 1
@@ -151,21 +154,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async def connect(i: int) -> None:
         async with gate:
             worker = FakeWorker(gen, f"{args.prefix}{i:05d}")
-            await loop.create_connection(lambda: worker, host, int(port))
+            try:
+                await loop.create_connection(lambda: worker, host, int(port))
+            except OSError:
+                gen.connect_errors += 1
+                return
             workers.append(worker)
 
     await asyncio.gather(*(connect(i) for i in range(args.workers)))
     try:
         await asyncio.wait_for(gen.all_welcomed.wait(), args.ready_timeout)
     except TimeoutError:
-        print(json.dumps({"event": "timeout", "welcomed": gen.welcomed}), flush=True)
-        return {"event": "timeout"}
+        counts = {"welcomed": gen.welcomed, "refused": gen.refused, "connect_errors": gen.connect_errors}
+        print(json.dumps({"event": "timeout", **counts}), flush=True)
+        return {"event": "timeout", **counts}
     ready_s = time.monotonic() - t0
     print(json.dumps({"event": "ready", "workers": gen.welcomed, "connect_s": round(ready_s, 3)}), flush=True)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), args.duration)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    still_open = sum(1 for w in workers if w.transport is not None and not w.transport.is_closing())
+    lost = gen.lost  # connections that closed before the end (not the ones closed below)
     for w in workers:
         if w.transport is not None:
             w.transport.close()
@@ -174,6 +184,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "event": "done",
         "workers": gen.welcomed,
         "refused": gen.refused,
+        "connect_errors": gen.connect_errors,
+        "open": still_open,
+        "lost": lost,
+        "rejoins": gen.rejoins,
         "heartbeats": gen.heartbeats,
         "assigned": gen.assigned,
         "acked": gen.acked,

@@ -14,91 +14,34 @@ process spends over a window is the server's.
 
 from __future__ import annotations
 
-import json
-import resource
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import SHORT
+from tcp_harness import TOKEN, Load, cpu_seconds, raise_fd_limit
 
 from farmhand.core.messages import JobStateChanged, Message
 from farmhand.core.spec import parse_job
-from farmhand.transport.serve import ServerHandle, start_server
+from farmhand.transport.serve import start_server
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loopback load test for Linux")
-LOAD = Path(__file__).with_name("tcp_load.py")
-TOKEN = "bench-token"
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _raise_fd_limit(want: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-
-
-class Load:
-    """The load generator process (stopped, whatever happens, on exit)."""
-
-    def __init__(self, server: ServerHandle, workers: int, duration: float, prefix: str = "load") -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(LOAD), "--server", server.address, "--token", TOKEN, "--workers", str(workers),
-             "--duration", str(duration), "--prefix", prefix],
-            stdout=subprocess.PIPE, text=True,
-        )
-
-    def ready(self, timeout: float = 120.0) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        result: dict[str, Any] = {}
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            result.update(json.loads(self.proc.stdout.readline() or "{}"))
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(timeout)
-        assert result.get("event") == "ready", f"the load generator did not get ready: {result}"
-        return result
-
-    def finish(self) -> dict[str, Any]:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=30)
-        lines = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return lines[-1] if lines else {}
-
-    def __enter__(self) -> Load:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def test_heartbeats_of_1000_connections_cost_under_a_quarter_core(benchmark) -> None:  # type: ignore[no-untyped-def]
     connections = 500 if SHORT else 1000
     window = 5.0 if SHORT else 15.0
     zombie = 4.0
-    _raise_fd_limit(connections + 512)
+    raise_fd_limit(connections + 512)
     server = start_server("127.0.0.1", 0, TOKEN, heartbeat_s=1.0, zombie_s=zombie)
     try:
         with Load(server, connections, duration=window + zombie + 30) as load:
             ready = load.ready()
             time.sleep(zombie + 1.5)  # warm-up: the first zombie timers come due, renders are steady
-            messages0, cpu0, t0 = server.runtime.messages, _cpu_seconds(), time.monotonic()
+            messages0, cpu0, t0 = server.runtime.messages, cpu_seconds(), time.monotonic()
             time.sleep(window)
-            messages1, cpu1, t1 = server.runtime.messages, _cpu_seconds(), time.monotonic()
+            messages1, cpu1, t1 = server.runtime.messages, cpu_seconds(), time.monotonic()
             online = len(server.gateway.by_name)
             stats = load.finish()
     finally:
@@ -138,11 +81,11 @@ def test_dispatch_and_complete_zero_duration_tasks_across_100_workers(benchmark)
             spec = parse_job(
                 {"name": "zero", "blocks": [{"name": "z", "command": "true", "frames": {"first": 1, "last": tasks}}]}
             )
-            cpu0, t0 = _cpu_seconds(), time.monotonic()
+            cpu0, t0 = cpu_seconds(), time.monotonic()
             server.submit(spec, "bench")
             assert done.wait(120), "the job did not finish"
             elapsed = time.monotonic() - t0
-            cpu = _cpu_seconds() - cpu0
+            cpu = cpu_seconds() - cpu0
             stats = load.finish()
     finally:
         server.stop()
