@@ -70,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         if not report.failed and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
     minutes = (time.monotonic() - started) / 60
-    print(f"\n{args.rounds} round(s) in {minutes:.1f} min; folders under {out}")
-    for name in CHECKS:
-        print(f"  {name:22s} {'ok' if not failures[name] else f'FAILED in {failures[name]} round(s)'}")
     if not failures and not args.keep and not args.out:
         shutil.rmtree(out, ignore_errors=True)
+    kept = f"folders under {out}" if out.exists() else "every check passed, folders removed"
+    print(f"\n{args.rounds} round(s) in {minutes:.1f} min; {kept}")
+    for name in CHECKS:
+        print(f"  {name:22s} {'ok' if not failures[name] else f'FAILED in {failures[name]} round(s)'}")
     return 1 if failures else 0
 
 

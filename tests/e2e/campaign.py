@@ -110,7 +110,7 @@ class CampaignConfig:
     tasks: int = 240
     workers: int = 4
     task_sleep: float = 0.5
-    server_kills: int = 3
+    server_kills: int = 4
     worker_kills: int = 2
     attacks: bool = True
     flood: int = 200
@@ -971,21 +971,18 @@ def read_store(db: Path, job: int) -> Stored:
 
 
 def tracebacks(paths: Iterable[Path]) -> list[str]:
-    """Each traceback or asyncio fatal error in the logs: the line before it and the exception, with a count."""
+    """Each traceback or asyncio fatal error in the logs: the record it belongs to and the exception, counted."""
     found: collections.Counter[str] = collections.Counter()
     for path in paths:
-        if not path.exists():
-            continue
-        lines = path.read_text(errors="replace").splitlines()
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         for i, line in enumerate(lines):
-            if "Traceback (most recent call last)" in line or "Fatal error" in line:
-                before = line if "Fatal error" in line else (lines[i - 1] if i else "")
-                exc = next((x for x in lines[i + 1 : i + 200] if x and not x.startswith((" ", "\t", "Traceback"))),
-                           "")
-                if "Fatal error" in line and "Traceback" not in exc:
-                    exc = next((x for x in lines[i + 1 : i + 200] if x and not x.startswith((" ", "\t"))
-                                and "Traceback" not in x), "")
-                found[f"{path.name}: {_strip_time(before)[:220]} -> {exc[:200]}"] += 1
+            if "Traceback (most recent call last)" in line:
+                head = next((lines[j] for j in range(i - 1, max(i - 6, -1), -1)
+                             if lines[j] and not lines[j].startswith(("protocol:", "transport:", " ", "\t"))), "")
+                exc = next((x for x in lines[i + 1 : i + 300] if x and not x.startswith((" ", "\t"))), "")
+                found[f"{path.name}: {_strip_time(head)[:200]} -> {exc[:200]}"] += 1
+            elif "Fatal error" in line and not any("Traceback" in x for x in lines[i + 1 : i + 6]):
+                found[f"{path.name}: {_strip_time(line)[:200]}"] += 1
     return [f"{text} (x{n})" for text, n in found.items()]
 
 

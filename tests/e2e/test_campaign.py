@@ -1,7 +1,7 @@
 """The fault and fuzz campaign, short form: one run against a real server and workers, each check a test.
 
 The campaign (``campaign.py``, shared with the long soak ``bench/soak.py``) runs once per module: 240 tasks on
-4 workers, the server killed with SIGKILL three times and two workers once each, the worker port fuzzed, the
+4 workers, the server killed with SIGKILL four times and two workers once each, the worker port fuzzed, the
 client API attacked and flooded with 200 connections. Each test then asserts one of its checks, with the
 evidence in the failure message. ``FARMHAND_CAMPAIGN_SEED`` picks the fuzz bytes (default 0).
 """
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 def short_config(folder: Path) -> CampaignConfig:
     """The short form: about a minute on a 2-core machine."""
     return CampaignConfig(
-        folder=folder, tasks=240, workers=4, task_sleep=0.5, server_kills=3, worker_kills=2,
+        folder=folder, tasks=240, workers=4, task_sleep=0.5, server_kills=4, worker_kills=2,
         seed=int(os.environ.get("FARMHAND_CAMPAIGN_SEED", "0")), job_timeout_s=150,
     )
 
