@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import shutil
 import sys
 import tempfile
@@ -45,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def say(prefix: str, line: str) -> None:
+    """Print one line of a round's timeline at once."""
+    print(f"{prefix} {line}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the rounds; 0 if every check passed in each."""
     args = parse_args(argv)
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             server_kills=args.server_kills, worker_kills=args.worker_kills, attacks=not args.no_attacks,
             flood=args.flood, seed=args.seed + n - 1, rss_limit_mib=args.rss_limit,
             job_timeout_s=120 + 3 * args.tasks * (args.task_sleep + 0.1) / args.workers,
-            say=lambda line, n=n: print(f"[round {n}] {line}", flush=True),
+            say=functools.partial(say, f"[round {n}]"),
         )
         print(f"[round {n}] {folder} (seed {config.seed})", flush=True)
         report = run_campaign(config)

@@ -51,6 +51,7 @@ import msgspec
 from farmhand.client import ApiClient, ApiError
 from farmhand.core.messages import (
     PROTOCOL_VERSION,
+    Assign,
     Handshake,
     HandshakeAccepted,
     Heartbeat,
@@ -655,9 +656,10 @@ def impostor(port: int, token: str, case: str, name: str, victim: str, runs: lis
             _handshake(sock, token)
             sock.sendall(worker_codec().encode(Hello(2, RenderInfo(name), running=tuple(listed))))
             for msg in _read_messages(sock, listen_s):
-                out.received.append(type(msg).__name__ + (f"(run {msg.run_id})" if hasattr(msg, "run_id") else ""))
-                if type(msg).__name__ == "Assign":
-                    out.assigned.append(msg.run_id)  # type: ignore[attr-defined]
+                run_id = getattr(msg, "run_id", None)
+                out.received.append(type(msg).__name__ + (f"(run {run_id})" if run_id is not None else ""))
+                if isinstance(msg, Assign):
+                    out.assigned.append(msg.run_id)
     except OSError as exc:
         out.error = f"{type(exc).__name__}: {exc}"
     return out
