@@ -493,7 +493,7 @@ class JobBehaviour(MessageRouter):
 
     def _on_lost(self, msg: RunLost, ctx: Context) -> None:
         live = self.live.get(msg.run_id)
-        if live is None:
+        if live is None or live.render != msg.render:  # a render that never held the run cannot lose it
             return
         current = self._current(live.block, live.task, msg.run_id)
         self._close_run(msg.run_id, "lost", ctx)
@@ -514,19 +514,20 @@ class JobBehaviour(MessageRouter):
             if live.render != msg.render:
                 # only the render the run was assigned to may claim it: another name reporting it is an impostor
                 # (or a confused worker); its copy is stopped and the real one keeps the run
-                ctx.send(
-                    render_address(msg.render),
-                    KillRun(ctx.next_id(), run.run_id, self.job_id, msg.render, f"assigned to {live.render}"),
-                )
-                ctx.send(SOLVER, ClaimRefused(ctx.next_id(), run.run_id, self.job_id, msg.render))
+                self._refuse_claim(run.run_id, msg.render, f"assigned to {live.render}", ctx)
                 return
             ctx.send(SOLVER, RunClaimed(ctx.next_id(), run.run_id, self.job_id, run.block, msg.render))
             self._no_longer_unclaimed(run.run_id, ctx)
             if self.task_events:
                 self._changed(current[0], current[1], ctx)
         else:  # not ours any more: stop it, and give back the capacity the render counted for it
-            ctx.send(render_address(msg.render), KillRun(ctx.next_id(), run.run_id, self.job_id, msg.render, "stale"))
-            ctx.send(SOLVER, ClaimRefused(ctx.next_id(), run.run_id, self.job_id, msg.render))
+            self._refuse_claim(run.run_id, msg.render, "stale", ctx)
+
+    def _refuse_claim(self, run_id: int, render: str, reason: str, ctx: Context) -> None:
+        """The render forgets the run and stops it; the solver frees what it counted for it there."""
+        refused = ClaimRefused(ctx.next_id(), run_id, self.job_id, render, reason)
+        ctx.send(render_address(render), refused)
+        ctx.send(SOLVER, refused)
 
     def _requeue(self, block: Block, task: Task, now: float) -> None:
         task.state = WAITING

@@ -262,12 +262,14 @@ class RunEnded(Message, frozen=True):
 
 
 class ClaimRefused(Message, frozen=True):
-    """A run a reconnecting render reported is not that render's to keep (stale, or assigned to another
-    render): the solver gives back the capacity it counted for it on ``render``, and only there."""
+    """A run a reconnecting render reported is not that render's to keep (stale, of a job that is gone, or
+    assigned to another render). To the render: forget the run and stop it on the worker. To the solver: give
+    back the capacity counted for it on ``render``, and only there."""
 
     run_id: int
     job_id: int
     render: str
+    reason: str = "stale"
 
 
 class RunClaimed(Message, frozen=True):

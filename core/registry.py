@@ -25,7 +25,6 @@ from .messages import (
     JobQuery,
     JobRefused,
     JobStateChanged,
-    KillRun,
     Message,
     ReclaimRun,
     RestoreTasks,
@@ -133,8 +132,9 @@ class Registry(MessageRouter):
         if entry is not None and not entry.deleting:
             ctx.send(job_address(run.job_id), msg)
             return
-        ctx.send(render_address(msg.render), KillRun(ctx.next_id(), run.run_id, run.job_id, msg.render, "job gone"))
-        ctx.send(SOLVER, ClaimRefused(ctx.next_id(), run.run_id, run.job_id, msg.render))  # the render counted it
+        refused = ClaimRefused(ctx.next_id(), run.run_id, run.job_id, msg.render, "job gone")
+        ctx.send(render_address(msg.render), refused)  # it forgets the run and stops it
+        ctx.send(SOLVER, refused)  # the render counted it: give it back
 
     def _on_action(self, msg: JobAction | JobQuery, ctx: Context) -> None:
         entry = self.jobs.get(msg.job_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .messages import (
     Assign,
+    ClaimRefused,
     FinishAck,
     Goodbye,
     Heartbeat,
@@ -80,6 +81,7 @@ class RenderBehaviour(MessageRouter):
             Heartbeat: self._on_heartbeat,
             Hello: self._on_hello,
             KillRun: self._on_kill,
+            ClaimRefused: self._on_claim_refused,
             Tick: self._on_tick,
             Goodbye: self._on_goodbye,
             RenderPaused: self._on_paused,
@@ -181,6 +183,11 @@ class RenderBehaviour(MessageRouter):
         run = self.runs.pop(msg.run_id, None)
         if run is not None:  # to the job we gave the run for, whatever job the report names
             ctx.send(job_address(run.job_id), msg)
+
+    def _on_claim_refused(self, msg: ClaimRefused, ctx: Context) -> None:
+        """A run this render's worker reported is not its to keep: forget it (its reports go nowhere) and stop it."""
+        if self.runs.pop(msg.run_id, None) is not None and self.state != OFFLINE:
+            ctx.send(self._worker, KillRun(ctx.next_id(), msg.run_id, msg.job_id, self.name, msg.reason))
 
     def _on_kill(self, msg: KillRun, ctx: Context) -> None:
         if self.state != OFFLINE:

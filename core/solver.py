@@ -70,6 +70,7 @@ class RenderSlot:
         "capacity",
         "compat",
         "compat_version",
+        "contested",
         "free_cap",
         "free_mem",
         "free_tasks",
@@ -106,6 +107,7 @@ class RenderSlot:
         self.per_block: dict[tuple[int, int], int] = {}
         self.compat: list[frozenset[str]] = []
         self.compat_version = -1
+        self.contested = 0  # runs it reported that the ledger holds unclaimed on another render: not filled
 
 
 class JobSlot:
@@ -214,6 +216,7 @@ class Solver(MessageRouter):
         self.jobs: dict[int, JobSlot] = {}
         self.users: dict[str, UserGroup] = {}
         self.runs: dict[int, _Run] = {}
+        self.contested: dict[int, RenderSlot] = {}  # a run held unclaimed on one render, reported by this one
         self._entries: dict[int, BlockEntry] = {}
         self._groups: SortedList = SortedList()
         self._group_by_seq: dict[int, UserGroup] = {}
@@ -458,7 +461,7 @@ class Solver(MessageRouter):
 
     def _fill(self, render: RenderSlot, ctx: Context) -> None:
         """Dispatch to ``render`` until it is full or nothing eligible is left (then it is idle)."""
-        if not render.online or render.paused:
+        if not render.online or render.paused or render.contested:
             return
         now = self._now = ctx.now
         refresh = self.policy.refresh_s
@@ -641,6 +644,18 @@ class Solver(MessageRouter):
         render = self._release(msg.run_id, ctx.now)
         if render is not None:
             self._fill(render, ctx)
+        if self.contested:
+            self._settle(msg.run_id, None, ctx)
+
+    def _settle(self, run_id: int, render_name: str | None, ctx: Context) -> None:
+        """The question of which render runs ``run_id`` is answered for the render that contested it (by an
+        answer naming that render, or by the run's end): it may be filled again."""
+        slot = self.contested.get(run_id)
+        if slot is None or (render_name is not None and slot.name != render_name):
+            return
+        del self.contested[run_id]
+        slot.contested -= 1
+        self._fill(slot, ctx)
 
     def _on_run_claimed(self, msg: RunClaimed, ctx: Context) -> None:
         run = self.runs.get(msg.run_id)
@@ -651,24 +666,28 @@ class Solver(MessageRouter):
         render = self.renders.get(msg.render)
         if run is not None and run[0] is not render:
             # another render reported the run first (an impostor, refused by the job): it is counted here
-            self._release(msg.run_id, ctx.now)
+            other = self._release(msg.run_id, ctx.now)
             run = None
-        if run is None:
-            if render is None or not render.online:
-                return
+            if other is not None:
+                self._fill(other, ctx)
+        if run is None and render is not None and render.online:
             self._occupy(msg.run_id, render, None, entry.needs.capacity, entry.needs.memory_mb, ctx.now)
             run = self.runs[msg.run_id]
-        slot, _, capacity, memory = run
-        self.runs[msg.run_id] = (slot, entry, capacity, memory)
-        self._count_start(msg.run_id, slot, entry, capacity, ctx.now)
+        if run is not None:
+            slot, _, capacity, memory = run
+            self.runs[msg.run_id] = (slot, entry, capacity, memory)
+            self._count_start(msg.run_id, slot, entry, capacity, ctx.now)
+        if self.contested:
+            self._settle(msg.run_id, msg.render, ctx)
 
     def _on_claim_refused(self, msg: ClaimRefused, ctx: Context) -> None:
         run = self.runs.get(msg.run_id)
-        if run is None or run[0].name != msg.render:
-            return  # counted on another render (its rightful one): that render keeps it
-        render = self._release(msg.run_id, ctx.now)
-        if render is not None:
-            self._fill(render, ctx)
+        if run is not None and run[0].name == msg.render:  # else counted on another render, which keeps it
+            render = self._release(msg.run_id, ctx.now)
+            if render is not None:
+                self._fill(render, ctx)
+        if self.contested:
+            self._settle(msg.run_id, msg.render, ctx)
 
     # ---------------------------------------------------------------------------------------- renders
     def _on_render_online(self, msg: RenderOnline, ctx: Context) -> None:
@@ -689,18 +708,34 @@ class Solver(MessageRouter):
                 _, entry, capacity, memory = self.runs[run_id]
                 self._release(run_id, ctx.now)
                 self._occupy(run_id, render, entry, capacity, memory, ctx.now)
+            if old.contested:
+                self._drop_contests(old)
         self.renders[info.name] = render
         for run in msg.running:
             # a run the ledger does not know (the server restarted, say) takes its capacity until its job
             # claims it (RunClaimed) or it ends; the registry answers for runs of jobs that are gone
-            if run.run_id not in self.runs:
+            held = self.runs.get(run.run_id)
+            if held is None:
                 self._occupy(run.run_id, render, None, run.capacity, run.memory_mb, ctx.now)
+            elif held[1] is None and held[0] is not render and run.run_id not in self.contested:
+                # another render reported it first and no job has said whose it is: until its job answers this
+                # render's claim, this render gets nothing more (it may be running it: no over-commitment)
+                self.contested[run.run_id] = render
+                render.contested += 1
         self._fill(render, ctx)
+
+    def _drop_contests(self, render: RenderSlot) -> None:
+        """Forget the contests of a render that is gone or came back anew (its new Hello contests again)."""
+        for run_id in [r for r, slot in self.contested.items() if slot is render]:
+            del self.contested[run_id]
+        render.contested = 0
 
     def _on_render_offline(self, msg: RenderOffline, ctx: Context) -> None:
         render = self.renders.get(msg.render)
         if render is None:
             return
+        if render.contested:
+            self._drop_contests(render)
         self._set_idle(render, False)
         self._hold(render, None)
         render.online = False

@@ -518,15 +518,14 @@ def test_reclaim_of_a_replaced_run_is_killed_and_released() -> None:
     ctx.take()
     job.handle(ReclaimRun(ctx.next_id(), RunningRun(old.run_id, JOB_ID, 0, 0, old.attempt), "r1"), ctx)
     sent = ctx.sent
-    kills = [(t, m.run_id) for t, m in sent if isinstance(m, KillRun)]
-    assert kills == [("render/r1", old.run_id)]
-    assert [(m.run_id, m.render) for _, m in sent if isinstance(m, ClaimRefused)] == [(old.run_id, "r1")]
+    refusals = [(t, m.run_id, m.render, m.reason) for t, m in sent if isinstance(m, ClaimRefused)]
+    assert refusals == [(to, old.run_id, "r1", "stale") for to in ("render/r1", "solver")]
     assert not [m for _, m in sent if isinstance(m, RunClaimed)]
     ctx.take()
     # a reclaim naming an unknown run (or a wrong task) is killed as well
     job.handle(ReclaimRun(ctx.next_id(), RunningRun(424242, JOB_ID, 0, 0, 1), "r3"), ctx)
     job.handle(ReclaimRun(ctx.next_id(), RunningRun(new.run_id, JOB_ID, 0, 0, new.attempt + 1), "r2"), ctx)
-    assert [m.run_id for m in ctx.take(KillRun)] == [424242, new.run_id]
+    assert [m.run_id for m in ctx.take(ClaimRefused, to="solver")] == [424242, new.run_id]
     assert states(job) == ["running"]
 
 

@@ -28,12 +28,12 @@ from farmhand.core.messages import (
     JobQuery,
     JobStateChanged,
     JobUpdated,
-    KillRun,
     Message,
     ReclaimRun,
     RestoreTasks,
     RunClaimed,
     RunEnded,
+    RunLost,
     RunningRun,
     RunRecord,
     StartJob,
@@ -204,12 +204,14 @@ def test_only_the_render_a_run_was_assigned_to_may_reclaim_it() -> None:
     job.handle(ReclaimRun(ctx.next_id(), RunningRun(77, JOB_ID, 0, 0, 1), "imp"), ctx)
     sent = list(ctx.sent)
     ctx.take()
-    assert [(to, m.run_id) for to, m in sent if isinstance(m, KillRun)] == [("render/imp", 77)]
-    assert [(m.run_id, m.render) for _, m in sent if isinstance(m, ClaimRefused)] == [(77, "imp")]
+    refusals = [(to, m.run_id, m.render, m.reason) for to, m in sent if isinstance(m, ClaimRefused)]
+    assert refusals == [(to, 77, "imp", "assigned to r1") for to in ("render/imp", "solver")]
     assert not [m for _, m in sent if isinstance(m, RunClaimed | RunEnded | TaskChanged)]
     assert job.unclaimed == {77} and ("reclaim", 77) in ctx.timers
-    # the impostor's report of the run's end changes nothing either
+    # the impostor's report of the run's end, or of losing it, changes nothing either
     job.handle(TaskFinished(ctx.next_id(), 77, JOB_ID, 0, 0, 1, "imp", "error"), ctx)
+    job.handle(RunLost(ctx.next_id(), 77, JOB_ID, 0, 0, 1, "imp", "worker left"), ctx)
+    assert states(job) == ["running"] and ctx.sent == []
     # the real render still reclaims it, and its result counts
     job.handle(ReclaimRun(ctx.next_id(), RunningRun(77, JOB_ID, 0, 0, 1), "r1"), ctx)
     assert [(m.run_id, m.render) for m in ctx.take(RunClaimed)] == [(77, "r1")]
@@ -248,7 +250,8 @@ def test_restored_running_task_not_reclaimed_in_time_is_requeued() -> None:
     assert states(job) == ["ready"]
     # a worker coming back too late is told to stop
     job.handle(ReclaimRun(ctx.next_id(), RunningRun(77, JOB_ID, 0, 0, 1), "r1"), ctx)
-    assert [m.run_id for m in ctx.take(KillRun)] == [77]
+    assert [(to, m.run_id) for to, m in ctx.sent if isinstance(m, ClaimRefused)] == [("render/r1", 77), ("solver", 77)]
+    ctx.take()
     assert assign(job, ctx).attempt == 2
     # a stale wake-up does nothing
     ctx.take()

@@ -21,7 +21,6 @@ from farmhand.core.messages import (
     JobOpened,
     JobRefused,
     JobStateChanged,
-    KillRun,
     Message,
     ReclaimRun,
     RunningRun,
@@ -262,7 +261,7 @@ def test_a_reclaimed_run_goes_to_its_job_or_is_stopped_when_the_job_is_gone() ->
     rt.send(REGISTRY, gone)
     rt.run()
     # job 1 exists: it decided (its run 7 is not current, so it stops it and gives the capacity back)
-    kills = {m.run_id: m for to, m in seen if to == "render/r1" and isinstance(m, KillRun)}
+    kills = {m.run_id: m for to, m in seen if to == "render/r1" and isinstance(m, ClaimRefused)}
     assert sorted(kills) == [7, 8] and kills[8].reason == "job gone" and kills[7].reason == "stale"
     refused = sorted((m.run_id, m.render) for to, m in seen if to == "solver" and isinstance(m, ClaimRefused))
     assert refused == [(7, "r1"), (8, "r1")]
@@ -272,7 +271,7 @@ def test_a_reclaimed_run_goes_to_its_job_or_is_stopped_when_the_job_is_gone() ->
     seen.clear()
     rt.send(REGISTRY, ReclaimRun(rt.next_id(), RunningRun(9, 1, 0, 0, 1), "r1"))
     rt.run()
-    assert [(to, type(m).__name__) for to, m in seen] == [("render/r1", "KillRun"), ("solver", "ClaimRefused")]
+    assert [(to, type(m).__name__) for to, m in seen] == [("render/r1", "ClaimRefused"), ("solver", "ClaimRefused")]
 
 
 def test_a_restored_job_whose_upstream_was_deleted_is_released_not_refused() -> None:

@@ -13,6 +13,7 @@ from farmhand.core.manual_runtime import ManualRuntime
 from farmhand.core.messages import (
     Actor,
     Assign,
+    ClaimRefused,
     Dispatch,
     FinishAck,
     Goodbye,
@@ -194,6 +195,20 @@ def test_reconnecting_worker_keeps_reported_runs_loses_the_rest_and_offers_unkno
     reclaim = out[2][1]
     assert isinstance(reclaim, ReclaimRun) and reclaim.run == unknown and reclaim.render == "r1"
     assert set(b.render.runs) == {11, 40}
+
+
+def test_a_refused_claim_makes_the_render_forget_the_run_and_stop_it() -> None:
+    b = Bench()
+    b.hello(RunningRun(40, 4, 0, 2, 3))
+    out = b.do(ClaimRefused(b.rt.next_id(), 40, 4, "r1", "assigned to r7"))
+    assert kinds(out) == [("worker/r1", "KillRun")]
+    kill = out[0][1]
+    assert isinstance(kill, KillRun) and (kill.run_id, kill.reason) == (40, "assigned to r7")
+    assert 40 not in b.render.runs
+    # what its worker still says of that run reaches no job (its output cannot land in the real run's task)
+    assert b.do(TaskProgress(b.rt.next_id(), 40, 4, 0, 2, 3, 50, ("impostor line",))) == []
+    assert kinds(b.do(TaskFinished(b.rt.next_id(), 40, 4, 0, 2, 3, "r1", "killed"))) == [("worker/r1", "FinishAck")]
+    assert b.do(ClaimRefused(b.rt.next_id(), 40, 4, "r1")) == []  # once is enough
 
 
 def test_kill_is_forwarded_and_pause_goes_to_the_solver() -> None:

@@ -323,19 +323,39 @@ def test_a_run_reported_by_an_impostor_first_ends_up_counted_on_its_own_render_o
         h.online("real", capacity=2, max_tasks=2)
         h.online("imp", capacity=2, max_tasks=2, running=(RunningRun(777, 1, 0, 0, 1),))
         assert h.solver.runs[777][0].name == "imp"
-        h.online("real", capacity=2, max_tasks=2, running=(RunningRun(777, 1, 0, 0, 1),))  # counted already
+        # the real render reports it too: until the job answers, the real render gets nothing more (it may be
+        # running it), the impostor keeps its reservation
+        h.online("real", capacity=2, max_tasks=2, running=(RunningRun(777, 1, 0, 0, 1),))
+        real, imp = h.solver.renders["real"], h.solver.renders["imp"]
+        assert real.contested == 1
+        h.open(2, needs(0))
+        assert where(h.ready(2, 3)) == [(2, 0, "imp")]
         refused = ClaimRefused(h.ctx.next_id(), 777, 1, "imp")
         claimed = RunClaimed(h.ctx.next_id(), 777, 1, 0, "real")
-        for message in ((claimed, refused) if claim_first else (refused, claimed)):
-            h.do(message)
-        real, imp = h.solver.renders["real"], h.solver.renders["imp"]
-        assert h.solver.runs_on(real) == [777] and h.solver.runs_on(imp) == []
-        assert (real.free_tasks, imp.free_tasks) == (1, 2)
-        assert h.solver.users["ann"].running_tasks == 1
+        sent = [where(h.do(m)) for m in ((claimed, refused) if claim_first else (refused, claimed))]
+        # settled: the real render holds the run and is filled with one more; the impostor is refilled too
+        assert 777 in h.solver.runs_on(real) and real.contested == 0 and not h.solver.contested
+        assert sorted(d for batch in sent for d in batch) == [(2, 0, "imp"), (2, 0, "real")]
+        assert (real.free_tasks, imp.free_tasks) == (0, 0)
+        assert h.solver.users["ann"].running_tasks == 4
         # a refusal naming a render that does not hold the run frees nothing
         h.do(ClaimRefused(h.ctx.next_id(), 777, 1, "imp"))
-        assert h.solver.runs_on(real) == [777]
+        assert 777 in h.solver.runs_on(real)
 
+
+def test_a_contest_ends_with_the_run_or_the_render() -> None:
+    h = Harness()
+    h.open(1, needs(0))
+    h.online("imp", running=(RunningRun(777, 1, 0, 0, 1),))
+    h.online("real", capacity=2, max_tasks=2, running=(RunningRun(777, 1, 0, 0, 1),))
+    assert h.solver.renders["real"].contested == 1
+    h.ended(777, 1)  # the run ended before anyone answered: the contest is over
+    assert h.solver.renders["real"].contested == 0 and not h.solver.contested
+    h.online("real", capacity=2, max_tasks=2, running=(RunningRun(888, 1, 0, 1, 1),))
+    h.online("imp2", running=(RunningRun(888, 1, 0, 1, 1),))
+    assert h.solver.renders["imp2"].contested == 1
+    h.do(RenderOffline(h.ctx.next_id(), "imp2", "gone"))
+    assert not h.solver.contested
 
 def test_job_closed_releases_its_runs_and_gives_the_renders_to_others() -> None:
     h = Harness()
