@@ -65,7 +65,7 @@ def _token(args: argparse.Namespace) -> str:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the worker until SIGINT/SIGTERM."""
     from farmhand.workers.execute import ExecOptions
-    from farmhand.workers.identity import NameTaken, claim, host_name
+    from farmhand.workers.identity import NameTaken, StateDirError, claim, host_name, server_key
     from farmhand.workers.worker import WorkerOptions, parse_server, run_worker
 
     problems: list[str] = []
@@ -114,9 +114,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"farmhand worker: --log-level: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        identity = claim(args.name, Path(args.state_dir) if args.state_dir else None, f"{host}:{port}")
-    except NameTaken as exc:
-        print(f"farmhand worker: {exc}", file=sys.stderr)
+        identity = claim(args.name, Path(args.state_dir) if args.state_dir else None, server_key(host, port))
+    except (NameTaken, StateDirError) as exc:
+        print(f"farmhand worker: {'--state-dir: ' if isinstance(exc, StateDirError) else ''}{exc}", file=sys.stderr)
         return EXIT_USAGE
     options.name, options.instance = identity.name, identity.instance
     setup_logging(args.log_level, json_lines=args.log_json)

@@ -21,6 +21,7 @@ flushes and checkpoints. The core decides everything; this module only records a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,10 @@ class Store:
                 self._lock_file.close()
             raise StoreError(f"{path}: cannot open the store ({exc})") from None
         self._lock = threading.RLock()
+        self._memory = str(path) == ":memory:"
+        self._local = threading.local()  # each thread's reading connection
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()
         self._next_job_id = int(last) + 1
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -256,8 +261,31 @@ class Store:
         self._pending_cond = threading.Condition()
         self._closed = False
         self.events_written = 0
+        self.events_failed = 0  # events a write could not store (each logged at error level)
         self._writer = threading.Thread(target=self._write_loop, name="farmhand-store", daemon=True)
         self._writer.start()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection of this thread's own for reading, in one snapshot (a read transaction): readers never
+        wait for the writer's lock, so neither the event writer (and with it durable dispatch) nor a worker's
+        handshake waits for a long read such as the whole run log. A store in memory has one connection."""
+        if self._memory:
+            with self._lock:
+                yield self._db
+            return
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0)
+            db.execute("PRAGMA query_only=ON")
+            self._local.db = db
+            with self._readers_lock:
+                self._readers.append(db)
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def flush(self, timeout: float = 10.0) -> bool:
@@ -284,6 +312,10 @@ class Store:
             except sqlite3.DatabaseError:
                 log.warning("checkpoint failed at close", exc_info=True)
             self._db.close()
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
         if self._lock_file is not None:
             self._lock_file.close()
 
@@ -308,7 +340,9 @@ class Store:
         The server's durable dispatch: the gateway holds an assignment until the store has its run, so a
         server killed at any moment restarts knowing every run a worker may report. Commits are grouped: one
         transaction covers whatever queued meanwhile, so waiting costs latency, not throughput. A callback
-        must not block; if the store is closed it is called at once.
+        must not block; if the store is closed it is called at once. An event that cannot be stored (a full
+        disk, say) is logged at error level and counted in ``events_failed``, and the callbacks are called all
+        the same: the farm goes on working without the guarantee for those runs rather than stop.
         """
         if self._closed:
             callback()
@@ -333,6 +367,7 @@ class Store:
             if batch and not self._write(batch):
                 for message in batch:  # find the event that fails; keep every other one
                     if not self._write([message]):
+                        self.events_failed += 1
                         log.error("event not stored", extra=fields(event=type(message).__name__))
             with self._pending_cond:
                 self._pending -= len(batch)
@@ -480,14 +515,14 @@ class Store:
 
     def max_run_id(self) -> int:
         """The highest run id the store has seen (new ids must start above it)."""
-        with self._lock:
-            (value,) = self._db.execute("SELECT COALESCE(MAX(run_id), 0) FROM tasks").fetchone()
+        with self._reading() as db:
+            (value,) = db.execute("SELECT COALESCE(MAX(run_id), 0) FROM tasks").fetchone()
         return int(value)
 
     def job_owner(self, job_id: int) -> str | None:
         """The owner of a job, or None if the store has no such job."""
-        with self._lock:
-            row = self._db.execute("SELECT user FROM jobs WHERE id=?", (job_id,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT user FROM jobs WHERE id=?", (job_id,)).fetchone()
         return None if row is None else str(row[0])
 
     def jobs(self, user: str | None = None, include_deleted: bool = False) -> list[JobRow]:
@@ -498,13 +533,13 @@ class Store:
             where.append("user = ?")
             args.append(user)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT id, name, user, state, priority, paused, submit_time, tasks_total FROM jobs"
                 f"{clause} ORDER BY id",
                 args,
             ).fetchall()
-            count_rows = self._db.execute(
+            count_rows = db.execute(
                 "SELECT job, state, COUNT(*) FROM tasks GROUP BY job, state"
             ).fetchall()
         counts: dict[int, dict[str, int]] = {}
@@ -526,19 +561,19 @@ class Store:
 
     def render_paused(self, name: str) -> bool:
         """Whether an admin paused the render ``name`` (False for a render the store does not know)."""
-        with self._lock:
-            row = self._db.execute("SELECT paused FROM renders WHERE name=?", (name,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT paused FROM renders WHERE name=?", (name,)).fetchone()
         return bool(row and row[0])
 
     def renders(self) -> list[dict[str, Any]]:
         """Every render seen, with its running task count (from the task rows)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT name, tags, capacity, max_tasks, memory_mb, cpus, state, paused, since, reason"
                 " FROM renders ORDER BY name"
             ).fetchall()
             running = dict(
-                self._db.execute(
+                db.execute(
                     "SELECT t.render, COUNT(*) FROM tasks t JOIN jobs j ON j.id = t.job"
                     " WHERE t.state = 'running' AND j.state NOT IN ('deleted', 'refused') GROUP BY t.render"
                 ).fetchall()
@@ -559,11 +594,11 @@ class Store:
             "SELECT seq, job_id, job_name, user, block, task, frames, render, attempt, state, submission_time,"
             " ready_time, starting_time, finish_time FROM runs"
         )
-        with self._lock:
+        with self._reading() as db:
             if job_id is None:
-                rows = self._db.execute(sql + " ORDER BY seq").fetchall()
+                rows = db.execute(sql + " ORDER BY seq").fetchall()
             else:
-                rows = self._db.execute(sql + " WHERE job_id=? ORDER BY seq", (job_id,)).fetchall()
+                rows = db.execute(sql + " WHERE job_id=? ORDER BY seq", (job_id,)).fetchall()
         return [RunRecord(*row) for row in rows]
 
     def export_runs(self, path: Path, job_ids: Iterable[int] | None = None) -> int:
@@ -597,15 +632,15 @@ class Store:
 
     def users(self) -> list[tuple[str, bool]]:
         """Every user's name and admin flag."""
-        with self._lock:
-            return [(n, bool(a)) for n, a in self._db.execute("SELECT name, admin FROM users ORDER BY name")]
+        with self._reading() as db:
+            return [(n, bool(a)) for n, a in db.execute("SELECT name, admin FROM users ORDER BY name")]
 
     def authenticate(self, token: str) -> Actor | None:
         """The user a token belongs to, or None."""
         if not token:
             return None
-        with self._lock:
-            row = self._db.execute("SELECT name, admin FROM users WHERE token_hash=?", (hash_token(token),)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT name, admin FROM users WHERE token_hash=?", (hash_token(token),)).fetchone()
         return None if row is None else Actor(row[0], bool(row[1]))
 
     # ---------------------------------------------------------------------------------------- worker credentials
@@ -640,19 +675,19 @@ class Store:
 
     def enrolled_workers(self) -> list[dict[str, Any]]:
         """The enrolled workers: name and when their credential was issued."""
-        with self._lock:
-            rows = self._db.execute("SELECT name, created FROM workers ORDER BY name").fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT name, created FROM workers ORDER BY name").fetchall()
         return [{"name": n, "created": c} for n, c in rows]
 
     def worker_for_token(self, token: str) -> str | None:
         """The render name a worker credential is bound to, or None."""
         if not token:
             return None
-        with self._lock:
-            row = self._db.execute("SELECT name FROM workers WHERE token_hash=?", (hash_token(token),)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT name FROM workers WHERE token_hash=?", (hash_token(token),)).fetchone()
         return None if row is None else str(row[0])
 
     def has_users(self) -> bool:
         """Whether any user exists."""
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+        with self._reading() as db:
+            return db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None

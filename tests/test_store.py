@@ -343,3 +343,35 @@ def test_worker_credentials_are_bound_to_a_name_listed_revocable_and_not_user_to
         assert [w["name"] for w in store.enrolled_workers()] == ["r1"]
         assert store.remove_worker("r1") and not store.remove_worker("r1")
         assert store.worker_for_token(fresh) is None
+
+
+def test_after_commit_follows_the_commit_of_what_was_queued_before_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        seen: list[int] = []
+        done = threading.Event()
+        job = store.add_job(spec(), "ann", 1.0, 6)
+        with store._lock:  # the writer cannot commit meanwhile
+            store.on_event("events", JobStateChanged(1, job, "done", 6, 0, 6))
+            store.after_commit(lambda: (seen.append(1), done.set()))
+            assert not done.wait(0.3)
+            # reading never waits for the writer's lock (a read connection of this thread's own)
+            assert [r.state for r in store.jobs()] == ["active"]
+        assert done.wait(5) and seen == [1]
+        assert [r.state for r in store.jobs()] == ["done"]  # committed before the callback
+    finally:
+        store.close()
+    called = threading.Event()
+    store.after_commit(called.set)  # a closed store calls back at once
+    assert called.is_set()
+
+
+def test_after_commit_is_called_even_when_an_event_cannot_be_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(tmp_path / "s.db") as store:
+        monkeypatch.setattr(store, "_apply", lambda m: (_ for _ in ()).throw(sqlite3.OperationalError("disk full")))
+        done = threading.Event()
+        store.on_event("events", JobStateChanged(1, 1, "done", 1, 0, 1))
+        store.after_commit(done.set)
+        assert done.wait(5) and store.events_failed == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farmhand.workers.identity import NameTaken, claim, host_name
+from farmhand.workers.identity import NameTaken, StateDirError, claim, host_name, server_key
 
 
 def test_workers_without_a_name_take_the_host_series_in_order_and_get_theirs_back(tmp_path: Path) -> None:
@@ -40,11 +40,27 @@ def test_a_name_held_by_another_worker_of_the_host_is_refused_with_its_process(t
     assert claim("r7", tmp_path).instance == held.instance
 
 
-def test_without_a_writable_state_folder_the_name_is_used_unguarded(tmp_path: Path) -> None:
+def test_a_state_folder_that_cannot_be_used_is_an_error_and_the_default_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    identity = claim("r1", blocker / "sub")
-    assert identity.name == "r1" and len(identity.instance) == 32
+    with pytest.raises(StateDirError, match="no folder to keep the worker's name in"):
+        claim("r1", blocker / "sub")
+    # the default folder unwritable (a read-only home): the temporary one is used, names still guarded
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocker))
+    monkeypatch.setattr("farmhand.workers.identity.fallback_state_dir", lambda: tmp_path / "tmp-state")
+    first, second = claim(None), claim(None)
+    try:
+        assert first.name != second.name and (tmp_path / "tmp-state" / f"{first.name}.lock").exists()
+    finally:
+        first.release()
+        second.release()
+
+
+def test_the_server_is_known_by_its_address() -> None:
+    assert server_key("localhost", 51000) in ("127.0.0.1:51000", "::1:51000")
+    assert server_key("127.0.0.1", 51000) == "127.0.0.1:51000"
 
 
 def test_names_are_held_per_server(tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ credential (``farmhand admin worker add NAME``: then only that name). A second c
 that is already connected replaces the first only if it is the same worker (a worker reconnecting before the
 server noticed its old connection died): one presenting that name's own credential, or a Hello carrying the
 same instance key as the live one. Any other is refused with the reason, and the live worker keeps its
-connection: two workers that chose the same name never take turns at it.
+connection: two workers that chose the same name never take turns at it. A connection silent for longer than
+``silent_s`` (the render's zombie time: its worker heartbeats far more often) holds no name: its peer is
+gone, and a new connection takes the name. TCP keepalive finds dead peers of idle connections too.
 
 With a store (``durable``), an assignment is written to its worker only once the store has committed the run
 it starts, so a server killed at any moment restarts knowing every run a worker may report: the worker's
@@ -38,7 +40,7 @@ import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from farmhand.core.messages import (
@@ -92,6 +94,15 @@ class Host(Protocol):
         ...
 
 
+def _keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive: a peer whose host died is found out by the kernel within minutes even if nothing is sent."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
 class _State:
     HANDSHAKE, HELLO, READY, CLOSED = range(4)
 
@@ -118,6 +129,7 @@ class WorkerConnection(asyncio.Protocol):
         self.name = ""
         self.identity: str | None = None  # after the handshake: "" the farm token, else the credential's name
         self.instance = ""  # the instance key of the Hello that attached this connection
+        self.last_rx = 0.0  # when it last sent anything (the loop's clock)
         self.state = _State.HANDSHAKE
         self.buffer = FrameBuffer(gateway.codec, PREAUTH_MAX_FRAME)
         self.close_reason = ""
@@ -133,12 +145,15 @@ class WorkerConnection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keep_alive(sock)
+        self.last_rx = self.gateway.loop.time()
         self.gateway._opened(self)
         self._deadline = self.gateway.loop.call_later(self.gateway.handshake_timeout, self._expire)
 
     def data_received(self, data: bytes) -> None:
         if self.state == _State.CLOSED:
             return
+        self.last_rx = self.gateway.loop.time()
         try:
             messages = self.buffer.feed(data)
         except FrameError as exc:
@@ -184,7 +199,11 @@ class WorkerConnection(asyncio.Protocol):
         if msg.version not in SUPPORTED_VERSIONS:
             self.refuse(msg.id, f"protocol version {msg.version} is not supported (server speaks {PROTOCOL_VERSION})")
             return
-        identity = gateway.identity_of(msg.token)
+        try:
+            identity = gateway.identity_of(msg.token)
+        except LookupError:  # the credential could not be looked up now: no refusal, the worker tries again
+            self.close("worker credential lookup failed")
+            return
         if identity is None:
             self.refuse(msg.id, "bad farm token or worker credential")
             return
@@ -209,6 +228,12 @@ class WorkerConnection(asyncio.Protocol):
             return
         if not self.name:
             live = self.gateway.by_name.get(msg.info.name)
+            silent = self.gateway.silent_s
+            if live is not None and live is not self and silent is not None:
+                quiet = self.gateway.loop.time() - live.last_rx
+                if quiet > silent:  # a dead peer the kernel has not noticed yet: it does not hold the name
+                    live.close(f"silent for {quiet:.0f} s; a new connection from {self.peer} takes the name")
+                    live = None
             if live is not None and live is not self and not self._same_worker(live, msg):
                 self.refuse(
                     msg.id,
@@ -239,6 +264,8 @@ class WorkerConnection(asyncio.Protocol):
 
     def _same_worker(self, live: WorkerConnection, hello: Hello) -> bool:
         """Whether this connection is the live one's worker coming back (so it may replace it)."""
+        if live.identity:  # it came in with the name's own credential: only that credential replaces it
+            return self.identity == live.identity
         if self.identity:  # the name's own credential (checked against the name above)
             return True
         return bool(hello.instance) and hmac.compare_digest(hello.instance.encode(), live.instance.encode())
@@ -331,6 +358,7 @@ class Gateway:
         backlog: int = 1024,
         agent: str = "farmhand",
         durable: Barrier | None = None,
+        silent_s: float | None = None,
     ) -> None:
         if token is None and verify is None and identify is None and not allow_anonymous:
             raise ValueError(
@@ -363,7 +391,9 @@ class Gateway:
         self._outbox: deque[tuple[str, Message]] = deque()
         self._flush_scheduled = False
         self.durable = durable
-        self._held: deque[deque[tuple[str, Message]]] = deque()  # batches waiting for the store, in order
+        self.silent_s = silent_s  # a connection silent this long no longer holds its name against a new one
+        self._held: deque[list[tuple[str, Message]]] = deque()  # messages waiting for the store, in order
+        self._held_for: dict[str, int] = {}  # per worker address: how many of its messages are held
         self._covered = 0  # how many of the held batches the barrier in flight covers (0: none in flight)
         self._out_lock = threading.Lock()
 
@@ -388,17 +418,17 @@ class Gateway:
         return self._verify is None and self._identify is None  # anonymous farm
 
     def identity_of(self, token: str) -> str | None:
-        """Who presents ``token``: the render name of a worker credential, "" for the farm token (any name),
-        None if neither."""
-        if self._identify is not None:
-            try:
-                name = self._identify(token)
-            except Exception:
-                log.exception("worker credential lookup failed")
-                return None
-            if name:
-                return name
-        return "" if self.check_token(token) else None
+        """Who presents ``token``: "" for the farm token (any name), the render name of a worker credential,
+        None if neither. Raises ``LookupError`` if the credential could not be looked up (try again later)."""
+        if self.check_token(token):
+            return ""
+        if self._identify is None:
+            return None
+        try:
+            return self._identify(token) or None
+        except Exception as exc:
+            log.exception("worker credential lookup failed")
+            raise LookupError(str(exc)) from None
 
     async def start(self) -> None:
         """Listen on ``bind:port`` (port 0: an ephemeral port, then found in ``self.port``)."""
@@ -415,6 +445,13 @@ class Gateway:
         """Stop listening and close every connection."""
         if self._server is not None:
             self._server.close()
+        held = sum(len(batch) for batch in self._held)
+        if held:  # their runs are in the store: after a restart they wait for their workers, then are requeued
+            log.warning("messages for workers not sent: the store had not committed them", extra=fields(held=held))
+            self.stats["undeliverable"] += held
+            self._held.clear()
+            self._held_for.clear()
+            self._covered = 0
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.state = _State.CLOSED
@@ -451,9 +488,8 @@ class Gateway:
 
     def revoke(self, name: str) -> None:
         """A worker's credential was revoked (any thread): close its connection if it came in with it."""
-        def close() -> None:
-            conn = self.by_name.get(name)
-            if conn is not None and conn.identity == name:
+        def close() -> None:  # attached or not yet (between its handshake and its Hello)
+            for conn in [c for c in self.connections if c.identity == name]:
                 conn.close("worker credential revoked")
 
         loop = self._loop
@@ -486,14 +522,28 @@ class Gateway:
             self._flush_scheduled = False
             batch = self._outbox
             self._outbox = deque()
-        if self.durable is not None and (self._held or any(type(m) is Assign for _, m in batch)):
-            # durable dispatch: an assignment leaves only once the store has its run (the job told the store
-            # before it sent the Assign); what follows it waits behind it, so each worker's frames keep order
-            self._held.append(batch)
+        if self.durable is None:
+            self._write_batch(batch)
+            return
+        # durable dispatch: an assignment leaves only once the store has its run (the job told the store before
+        # it sent the Assign); what follows it to the same worker waits behind it, so each worker's frames keep
+        # their order, and other workers' frames go at once
+        held_for = self._held_for
+        hold: list[tuple[str, Message]] = []
+        now: deque[tuple[str, Message]] = deque()
+        for item in batch:
+            to = item[0]
+            if type(item[1]) is Assign or to in held_for:
+                hold.append(item)
+                held_for[to] = held_for.get(to, 0) + 1
+            else:
+                now.append(item)
+        if now:
+            self._write_batch(now)
+        if hold:
+            self._held.append(hold)
             if not self._covered:
                 self._await_commit()
-            return
-        self._write_batch(batch)
 
     def _await_commit(self) -> None:
         """Ask the store to say when what it has now is committed: that covers every batch held so far (one
@@ -512,16 +562,26 @@ class Gateway:
 
     def _release_held(self) -> None:
         covered, self._covered = self._covered, 0
+        held_for = self._held_for
         for _ in range(min(covered, len(self._held))):
-            self._write_batch(self._held.popleft())
+            batch = self._held.popleft()
+            for to, _msg in batch:
+                left = held_for[to] - 1
+                if left:
+                    held_for[to] = left
+                else:
+                    del held_for[to]
+            self._write_batch(batch)
         if self._held:
             self._await_commit()
 
-    def _write_batch(self, batch: deque[tuple[str, Message]]) -> None:
+    def _write_batch(self, batch: Iterable[tuple[str, Message]]) -> None:
         frames: dict[WorkerConnection, list[bytes]] = {}
         encode = self.codec.encode
         prefix = len(WORKER_PREFIX)
+        count = 0
         for to, msg in batch:
+            count += 1
             conn = self.by_name.get(to[prefix:])
             if conn is None or conn.state != _State.READY:
                 self.stats["undeliverable"] += 1
@@ -532,7 +592,7 @@ class Gateway:
                 self._unsendable(conn, msg, exc.reason)
                 continue
             frames.setdefault(conn, []).append(frame)
-        self.stats["frames_out"] += len(batch)
+        self.stats["frames_out"] += count
         for conn, chunks in frames.items():
             conn.write_bytes(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 

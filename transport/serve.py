@@ -201,6 +201,7 @@ def start_server(
         gateway = Gateway(
             rt, ensure_render, token=token, verify=verify, identify=identify, allow_anonymous=allow_anonymous,
             bind=host, port=port, max_frame=max_frame, handshake_timeout=handshake_timeout, durable=durable,
+            silent_s=zombie_s,
         )
         loop = asyncio.new_event_loop()
         started: Future[None] = Future()

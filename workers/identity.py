@@ -8,6 +8,9 @@ worker's whole life, so two workers never choose the same one, and a worker rest
 name back (the lowest free one). With ``--name`` the lock still guards the name: a second worker of the host
 asking the same server for a name in use stops at once with a clear message.
 
+If the default folder cannot be written (a read-only home), a folder in the system's temporary folder is used
+instead; a ``--state-dir`` that cannot be written is an error.
+
 Each name keeps an instance key beside its lock (created once, readable only by its owner). The worker sends it
 in its Hello; the server lets a new connection replace the live connection of the same name only when the key
 is the same (the same worker coming back before the server noticed its old connection died), so a worker of
@@ -21,6 +24,7 @@ import os
 import re
 import secrets
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -67,14 +71,18 @@ class WorkerIdentity:
 
 
 def _try_lock(path: Path) -> IO[str] | None:
-    """The lock file, locked for this process, or None if another process holds it."""
+    """The lock file, locked for this process, or None if another process holds it (``OSError`` if the file
+    cannot be used at all)."""
     f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the worker's life)
     try:
         if fcntl is not None:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         f.close()
         return None
+    except OSError:
+        f.close()
+        raise
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
@@ -90,6 +98,14 @@ def _holder(path: Path) -> str:
     return ""
 
 
+def _with_key(name: str, folder: Path, lock: IO[str]) -> WorkerIdentity:
+    try:
+        return WorkerIdentity(name, _instance_key(folder, name), lock)
+    except OSError:
+        lock.close()
+        raise
+
+
 def _instance_key(folder: Path, name: str) -> str:
     path = folder / f"{name}.key"
     with contextlib.suppress(OSError):
@@ -103,20 +119,44 @@ def _instance_key(folder: Path, name: str) -> str:
     return key
 
 
+def server_key(host: str, port: int) -> str:
+    """The server as names are kept for it: its address (``farm`` and its IP address are one server)."""
+    with contextlib.suppress(OSError, IndexError, UnicodeError):
+        host = str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+    return f"{host}:{port}"
+
+
+def fallback_state_dir() -> Path:
+    """Where workers keep their state when the default folder cannot be written (a read-only home)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"farmhand-workers-{uid}"
+
+
 def claim(name: str | None, folder: Path | None = None, server: str = "") -> WorkerIdentity:
     """Hold ``name`` (or the first free name of the host's series) for this process, among the workers of
-    ``server`` (``HOST:PORT``) whose state is in ``folder``.
+    ``server`` (``HOST:PORT``) whose state is in ``folder`` (default: :func:`default_state_dir`, else, if that
+    cannot be written, :func:`fallback_state_dir`).
 
-    Raises :class:`NameTaken` if ``name`` is held by another worker of this host, or if all of the series is.
-    If the state folder cannot be written, the name is used unguarded with a key for this process only.
+    Raises :class:`NameTaken` if ``name`` is held by another worker of this host, or if all of the series is;
+    :class:`StateDirError` if no state folder can be used.
     """
-    folder = folder or default_state_dir()
-    if server:
-        folder = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", server) or "_")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return WorkerIdentity(name or host_name(), secrets.token_hex(16))
+    folders = [folder] if folder is not None else [default_state_dir(), fallback_state_dir()]
+    problems = []
+    for base in folders:
+        place = base / (re.sub(r"[^A-Za-z0-9_.-]", "_", server) or "_") if server else base
+        try:
+            return _claim_in(name, place)
+        except OSError as exc:
+            problems.append(f"{place}: {exc.strerror or exc}")
+    raise StateDirError("no folder to keep the worker's name in: " + "; ".join(problems))
+
+
+class StateDirError(Exception):
+    """No state folder can be written (the message says which and why)."""
+
+
+def _claim_in(name: str | None, folder: Path) -> WorkerIdentity:
+    folder.mkdir(parents=True, exist_ok=True)
     if name is not None:
         lock = _try_lock(folder / f"{name}.lock")
         if lock is None:
@@ -124,11 +164,11 @@ def claim(name: str | None, folder: Path | None = None, server: str = "") -> Wor
                 f"another worker on this host already runs as {name!r}{_holder(folder / f'{name}.lock')}:"
                 " give this one another --name, or none to let it choose"
             )
-        return WorkerIdentity(name, _instance_key(folder, name), lock)
+        return _with_key(name, folder, lock)
     base = host_name()
     for slot in range(1, MAX_SLOTS + 1):
         candidate = base if slot == 1 else f"{base}-{slot}"
         lock = _try_lock(folder / f"{candidate}.lock")
         if lock is not None:
-            return WorkerIdentity(candidate, _instance_key(folder, candidate), lock)
+            return _with_key(candidate, folder, lock)
     raise NameTaken(f"{MAX_SLOTS} workers already run on this host without --name (in {folder})")

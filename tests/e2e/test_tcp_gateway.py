@@ -6,7 +6,7 @@ import asyncio
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +22,14 @@ from farmhand.core.messages import (
     HandshakeRefused,
     Heartbeat,
     Hello,
+    KillRun,
     Message,
     RenderInfo,
     TaskFinished,
     TaskStarted,
     Welcome,
 )
+from farmhand.core.runtime import worker_address
 from farmhand.core.spec import parse_job
 from farmhand.server import FarmServer, ServerConfig
 from farmhand.transport.codec import FrameBuffer, worker_codec
@@ -278,3 +280,83 @@ def test_an_assignment_leaves_only_once_the_store_has_its_run(tmp_path: Path, mo
         if raw is not None:
             raw.close()
         server.stop()
+
+
+def test_a_silent_connection_holds_no_name_against_a_new_one(tmp_path: Path) -> None:
+    farm = Farm(tmp_path, heartbeat_s=0.2, zombie_s=0.8)
+    try:
+        dead = RawWorker(farm.server.port, "host9", instance="a" * 32)  # its host died: it sends nothing more
+        time.sleep(1.2)
+        fresh = RawWorker(farm.server.port, "host9", instance="b" * 32)  # a new key (its state folder was lost)
+        assert dead.closed() and farm.server.gateway.by_name["host9"].instance == "b" * 32
+        fresh.close()
+        dead.close()
+    finally:
+        farm.close()
+
+
+def test_a_connection_with_a_credential_is_replaced_only_by_that_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
+    server = FarmServer(ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0)).start()
+    try:
+        assert server.http is not None
+        own = server.http.api.add_worker(Actor("admin", True), {"name": "r1"})["token"]
+        live = RawWorker(server.handle.port, "r1", token=own, instance="k" * 32)
+        # the farm token with the same instance key (it travels in the Hello) does not replace it
+        other = RawWorker(server.handle.port, "r1", token=TOKEN, instance="k" * 32, welcome=False)
+        assert isinstance(other.answer, HandshakeRefused) and other.closed()
+        assert server.handle.gateway.by_name["r1"].identity == "r1"
+        other.close()
+        live.close()
+    finally:
+        server.stop()
+
+
+class _Barrier:
+    """A store barrier the test commits by hand."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Callable[[], None]] = []
+
+    def __call__(self, callback: Callable[[], None]) -> None:
+        self.waiting.append(callback)
+
+    def commit(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback()
+
+
+def test_durable_dispatch_holds_only_the_frames_of_the_workers_with_an_assignment_waiting(tmp_path: Path) -> None:
+    barrier = _Barrier()
+    farm = Farm(tmp_path, heartbeat_s=0.5, zombie_s=10.0, durable=barrier)
+    a = b = None
+    try:
+        a, b = RawWorker(farm.server.port, "a"), RawWorker(farm.server.port, "b")
+        rt = farm.server.runtime
+
+        def kill(run_id: int, render: str) -> KillRun:
+            return KillRun(rt.next_id(), run_id, 1, render, "test")
+
+        rt.send(worker_address("a"), Assign(rt.next_id(), 7, 1, 0, 0, 1, "a", "x"))
+        wait_until(lambda: bool(barrier.waiting), 5, "the barrier")
+        rt.send(worker_address("a"), kill(7, "a"))  # behind the held Assign: must not overtake it
+        rt.send(worker_address("b"), kill(8, "b"))  # another worker: goes at once
+        got = b.expect(KillRun, timeout=5)
+        assert isinstance(got, KillRun) and got.run_id == 8
+        with pytest.raises(TimeoutError):
+            a.recv(timeout=0.5)
+        barrier.commit()
+        assert isinstance(a.recv(timeout=5), Assign)
+        # the kill came after the barrier in flight was asked for: it waits for the next one (kept in order)
+        wait_until(lambda: bool(barrier.waiting), 5, "the next barrier")
+        barrier.commit()
+        assert isinstance(a.recv(timeout=5), KillRun)
+        assert not barrier.waiting and farm.server.gateway._held_for == {}
+    finally:
+        for raw in (a, b):
+            if raw is not None:
+                raw.close()
+        farm.close()
