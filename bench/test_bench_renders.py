@@ -12,7 +12,8 @@ fake workers (``bench/tcp_load.py``) in another, so this process's CPU time over
     FARMHAND_BENCH_SHORT=0 pytest bench/test_bench_renders.py -s -p no:cacheprovider
 
 ``FARMHAND_BENCH_RENDER_HOSTING=actors`` hosts each render in an actor of its own, as the runtime did before
-render shards (for the comparison; its figures are printed, its speed gates are not applied).
+render shards, and ``FARMHAND_BENCH_RENDER_HOSTING=shards=N`` on N shards instead of the default number (for
+comparisons: the figures are printed, the speed gates apply only to the default hosting).
 """
 
 from __future__ import annotations
@@ -38,9 +39,17 @@ HOSTING = os.environ.get("FARMHAND_BENCH_RENDER_HOSTING", "shards")
 GATED = HOSTING == "shards"
 
 
+def _runtime() -> PykkaRuntime | None:
+    if HOSTING == "actors":
+        return PykkaRuntime(shards=0)
+    if HOSTING.startswith("shards="):
+        return PykkaRuntime(shards=int(HOSTING.removeprefix("shards=")))
+    return None  # the server's own, with the default number of shards
+
+
 def _server(zombie: float) -> tuple[ServerHandle, PykkaRuntime | None]:
-    """A server with 1 s heartbeats; with ``HOSTING=actors`` on a runtime with one actor per render."""
-    runtime = PykkaRuntime(shards=0) if HOSTING == "actors" else None
+    """A server with 1 s heartbeats, hosting its renders as ``HOSTING`` says."""
+    runtime = _runtime()
     try:
         server = start_server("127.0.0.1", 0, TOKEN, heartbeat_s=1.0, zombie_s=zombie, runtime=runtime)
     except BaseException:
