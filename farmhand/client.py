@@ -18,7 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-DEFAULT_API = "http://127.0.0.1:51080"
+#: the client API's port unless told otherwise (the server's ``--http-port``)
+DEFAULT_HTTP_PORT = 51080
+DEFAULT_API = f"http://127.0.0.1:{DEFAULT_HTTP_PORT}"
 
 
 class ApiError(Exception):

@@ -79,6 +79,7 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooL
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from farmhand.client import DEFAULT_HTTP_PORT
 from farmhand.core.frames import block_tasks
 from farmhand.core.job import ACTIONS
 from farmhand.core.messages import (
@@ -102,7 +103,6 @@ from farmhand.store import Store, StoreError
 
 log = logging.getLogger("farmhand.http")
 
-DEFAULT_HTTP_PORT = 51080
 REPLY_ADDRESS = "http"
 MAX_BODY = 8 << 20
 REPLY_TIMEOUT_S = 10.0

@@ -31,9 +31,10 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farmhand.actors.runtime import PykkaRuntime
+from farmhand.client import DEFAULT_HTTP_PORT
 from farmhand.core.messages import (
     JobAccepted,
     JobRefused,
@@ -47,9 +48,11 @@ from farmhand.core.registry import Registry
 from farmhand.core.render import RenderBehaviour
 from farmhand.core.runtime import EVENTS, REGISTRY, SOLVER, Address, Behaviour, Context
 from farmhand.core.solver import Solver
-from farmhand.http_api import DEFAULT_HTTP_PORT, ClientApi, HttpApi
 from farmhand.logs import fields, install_sigusr1
 from farmhand.store import Store, new_token
+
+if TYPE_CHECKING:
+    from farmhand.http_api import HttpApi
 
 log = logging.getLogger("farmhand.server")
 
@@ -250,6 +253,7 @@ class FarmServer:
 
     def start(self) -> FarmServer:
         """Open the store, restore the jobs, start the gateway and the client API."""
+        from farmhand.http_api import ClientApi, HttpApi  # (aiohttp: loaded only by a command that serves)
         from farmhand.policy_loader import load_policy
         from farmhand.transport.serve import start_server
 
