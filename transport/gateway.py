@@ -223,7 +223,7 @@ class WorkerConnection(asyncio.Protocol):
             return
         if self.identity and msg.info.name != self.identity:
             self.refuse(
-                msg.id, f"this credential is worker {self.identity!r}'s: start it with --name {self.identity}"
+                msg.id, f"this credential belongs to worker {self.identity!r}: start it with --name {self.identity}"
             )
             return
         if not self.name:
