@@ -24,17 +24,12 @@ TOKEN = "e2e-farm-token"
 
 
 def worker_command() -> list[str]:
-    """How to start a worker process: ``python -m farmhand worker`` once the CLI has it, else the module."""
-    try:
-        from farmhand.cli import build_parser
-
-        parser = build_parser()
-        choices = next(a.choices for a in parser._actions if getattr(a, "choices", None))
-        if "worker" in choices:
-            return [sys.executable, "-m", "farmhand", "worker"]
-    except Exception:
-        pass
-    return [sys.executable, "-m", "farmhand.workers.worker"]
+    """How a user starts a worker: the ``farmhand`` console script installed beside this interpreter, with
+    ``worker``. No fallback: a missing or broken entry point makes every worker test fail."""
+    script = Path(sys.executable).parent / "farmhand"
+    if not script.is_file():
+        raise AssertionError(f"the farmhand console script is not installed beside {sys.executable} ({script})")
+    return [str(script), "worker"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> None:
