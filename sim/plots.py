@@ -12,7 +12,7 @@ use) are computed exactly from the records and sampled on a fine grid.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ MAX_USERS_SHOWN = 10
 OTHER = "0.65"
 DPI = 110
 
-__all__ = ["plot_all"]
+__all__ = ["figures", "plot_all"]
 
 
 def _unit(span: float) -> tuple[float, str]:
@@ -96,7 +96,7 @@ def _user_colours(users: Sequence[str]) -> dict[str, Any]:
     return {u: cmap(i % cmap.N) for i, u in enumerate(sorted(users))}
 
 
-def plot_throughput(runs: _Runs, path: Path, title: str) -> Path:
+def throughput_figure(runs: _Runs, title: str) -> Figure:
     """Completed tasks over time and the completion rate."""
     scale, unit = _unit(runs.t1 - runs.t0)
     finished = np.sort(runs.finish[runs.done])
@@ -115,10 +115,10 @@ def plot_throughput(runs: _Runs, path: Path, title: str) -> Path:
     ax2.set_ylabel("completion rate (tasks/h)")
     ax2.set_xlabel(f"simulated time since first submission ({unit})")
     ax2.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def plot_utilization(runs: _Runs, farm_capacity: int, path: Path, title: str) -> Path:
+def utilization_figure(runs: _Runs, farm_capacity: int, title: str) -> Figure:
     """Share of the farm's capacity in use over time."""
     scale, unit = _unit(runs.t1 - runs.t0)
     grid = runs.grid()
@@ -136,10 +136,10 @@ def plot_utilization(runs: _Runs, farm_capacity: int, path: Path, title: str) ->
     ax.set_title(f"Utilisation over time ({title})")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def plot_user_share(runs: _Runs, farm_capacity: int, path: Path, title: str) -> Path:
+def user_share_figure(runs: _Runs, farm_capacity: int, title: str) -> Figure:
     """Running share of the farm per user over time, stacked (the top users; the rest as 'other')."""
     scale, unit = _unit(runs.t1 - runs.t0)
     grid = runs.grid()
@@ -166,10 +166,10 @@ def plot_user_share(runs: _Runs, farm_capacity: int, path: Path, title: str) -> 
     handles, legend_labels = ax.get_legend_handles_labels()  # top of the stack first, as drawn
     ax.legend(handles[::-1], legend_labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def plot_wait_cdf(runs: _Runs, path: Path, title: str) -> Path:
+def wait_cdf_figure(runs: _Runs, title: str) -> Figure:
     """CDF of task wait (submission to the first run's start) per user."""
     first: dict[tuple[int, str, str], RunRecord] = {}
     for r in runs.records:
@@ -196,10 +196,10 @@ def plot_wait_cdf(runs: _Runs, path: Path, title: str) -> Path:
     ax.set_title(f"Task wait per user ({title})")
     ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
-def plot_gantt(runs: _Runs, renders: Sequence[RenderSpec], count: int, path: Path, title: str) -> Path:
+def gantt_figure(runs: _Runs, renders: Sequence[RenderSpec], count: int, title: str) -> Figure:
     """Runs on a sample of renders (evenly spread over the farm), coloured by user."""
     scale, unit = _unit(runs.t1 - runs.t0)
     names = sorted(r.name for r in renders)
@@ -253,13 +253,57 @@ def plot_gantt(runs: _Runs, renders: Sequence[RenderSpec], count: int, path: Pat
     handles.append(Patch(facecolor="white", edgecolor="red", hatch="///", label="lost / failed run"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return fig
+
+
+def plot_throughput(runs: _Runs, path: Path, title: str) -> Path:
+    """:func:`throughput_figure` written to ``path``."""
+    return _save(throughput_figure(runs, title), path)
+
+
+def plot_utilization(runs: _Runs, farm_capacity: int, path: Path, title: str) -> Path:
+    """:func:`utilization_figure` written to ``path``."""
+    return _save(utilization_figure(runs, farm_capacity, title), path)
+
+
+def plot_user_share(runs: _Runs, farm_capacity: int, path: Path, title: str) -> Path:
+    """:func:`user_share_figure` written to ``path``."""
+    return _save(user_share_figure(runs, farm_capacity, title), path)
+
+
+def plot_wait_cdf(runs: _Runs, path: Path, title: str) -> Path:
+    """:func:`wait_cdf_figure` written to ``path``."""
+    return _save(wait_cdf_figure(runs, title), path)
+
+
+def plot_gantt(runs: _Runs, renders: Sequence[RenderSpec], count: int, path: Path, title: str) -> Path:
+    """:func:`gantt_figure` written to ``path``."""
+    return _save(gantt_figure(runs, renders, count, title), path)
 
 
 def _sample(names: Sequence[str], count: int) -> list[str]:
     """``count`` of ``names`` spread evenly over all of them (the first always in)."""
     count = min(count, len(names))
     return [names[i * len(names) // count] for i in range(count)]
+
+
+def figures(
+    records: Sequence[RunRecord],
+    renders: Sequence[RenderSpec],
+    *,
+    capacity_of: Mapping[tuple[int, str], int] | None = None,
+    gantt_renders: int = 20,
+    title: str = "",
+) -> Iterator[tuple[str, Figure]]:
+    """Every figure of :func:`plot_all`, built one at a time, with its file name (``throughput.png``, ...)."""
+    runs = _Runs(records, capacity_of or {})
+    farm = sum(r.capacity for r in renders)
+    label = title or "simulation"
+    yield "throughput.png", throughput_figure(runs, label)
+    yield "utilization.png", utilization_figure(runs, farm, label)
+    yield "user_share.png", user_share_figure(runs, farm, label)
+    yield "wait_cdf.png", wait_cdf_figure(runs, label)
+    yield "gantt.png", gantt_figure(runs, renders, gantt_renders, label)
 
 
 def plot_all(
@@ -271,15 +315,7 @@ def plot_all(
     gantt_renders: int = 20,
     title: str = "",
 ) -> list[Path]:
-    """Write every figure to ``out``; returns their paths."""
+    """Write every figure of :func:`figures` to ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = _Runs(records, capacity_of or {})
-    farm = sum(r.capacity for r in renders)
-    label = title or "simulation"
-    return [
-        plot_throughput(runs, out / "throughput.png", label),
-        plot_utilization(runs, farm, out / "utilization.png", label),
-        plot_user_share(runs, farm, out / "user_share.png", label),
-        plot_wait_cdf(runs, out / "wait_cdf.png", label),
-        plot_gantt(runs, renders, gantt_renders, out / "gantt.png", label),
-    ]
+    return [_save(fig, out / name) for name, fig in figures(records, renders, capacity_of=capacity_of,
+                                                            gantt_renders=gantt_renders, title=title)]

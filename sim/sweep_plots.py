@@ -15,7 +15,7 @@ A mean over one seed has no interval: its bar or point is drawn without error ba
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ MAX_SERIES = 24
 _STYLES: tuple[Any, ...] = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
-__all__ = ["plot_by_option", "plot_comparison", "plot_sweep"]
+__all__ = ["by_option_figure", "comparison_figure", "plot_by_option", "plot_comparison", "plot_sweep", "sweep_figures"]
 
 
 def _colours(n: int) -> list[Any]:
@@ -69,7 +69,7 @@ def _err(half: float) -> float:
     return 0.0 if math.isnan(half) else half
 
 
-def plot_comparison(results: Sequence[RunResult], varied: Sequence[str], path: Path, title: str) -> Path:
+def comparison_figure(results: Sequence[RunResult], varied: Sequence[str], title: str) -> Figure:
     """Grouped bars: per metric, the mean of each policy per combination of the varied options, with 95 % CIs."""
     groups = comparison_rows(results, varied)
     policies = _policies(groups)
@@ -103,12 +103,10 @@ def plot_comparison(results: Sequence[RunResult], varied: Sequence[str], path: P
         _decorate(ax, metric)
     _legend_panel(axes[len(METRICS):], [Patch(color=colours[p], label=p) for p in policies], results)
     fig.suptitle(f"{title}\nmean over seeds, error bars: 95% confidence interval (Student t)")
-    return _save(fig, path)
+    return fig
 
 
-def plot_by_option(
-    results: Sequence[RunResult], varied: Sequence[str], option: str, path: Path, title: str
-) -> Path | None:
+def by_option_figure(results: Sequence[RunResult], varied: Sequence[str], option: str, title: str) -> Figure | None:
     """Lines over the values of ``option`` (numeric): one per policy and combination of the other varied options.
 
     None (nothing drawn) when a value of ``option`` is not a number or there would be too many lines.
@@ -158,7 +156,20 @@ def plot_by_option(
                                   marker=_MARKERS[r % len(_MARKERS)], label=label))
     _legend_panel(axes[len(METRICS):], handles, results)
     fig.suptitle(f"{title}\nby {option}: mean over seeds, error bars: 95% confidence interval (Student t)")
-    return _save(fig, path)
+    return fig
+
+
+def plot_comparison(results: Sequence[RunResult], varied: Sequence[str], path: Path, title: str) -> Path:
+    """:func:`comparison_figure` written to ``path``."""
+    return _save(comparison_figure(results, varied, title), path)
+
+
+def plot_by_option(
+    results: Sequence[RunResult], varied: Sequence[str], option: str, path: Path, title: str
+) -> Path | None:
+    """:func:`by_option_figure` written to ``path``; None (nothing written) when it draws nothing."""
+    fig = by_option_figure(results, varied, option, title)
+    return None if fig is None else _save(fig, path)
 
 
 def _decorate(ax: Axes, metric: Metric) -> None:
@@ -184,13 +195,17 @@ def _legend_panel(spare: Sequence[Axes], handles: list[Any], results: Sequence[R
     ax.text(0.0, 0.02, note, transform=ax.transAxes, fontsize=9, va="bottom")
 
 
-def plot_sweep(results: Sequence[RunResult], varied: Sequence[str], out: Path, title: str) -> list[Path]:
-    """Every comparison figure of a sweep into ``out``; the paths written."""
+def sweep_figures(results: Sequence[RunResult], varied: Sequence[str], title: str) -> Iterator[tuple[str, Figure]]:
+    """Every comparison figure of a sweep, built one at a time, with its file name; none when every run failed."""
     if not any(not r.failed for r in results):
-        return []
-    written = [plot_comparison(results, varied, out / "comparison.png", title)]
+        return
+    yield "comparison.png", comparison_figure(results, varied, title)
     for option in varied:
-        path = plot_by_option(results, varied, option, out / f"by_{option}.png", title)
-        if path is not None:
-            written.append(path)
-    return written
+        fig = by_option_figure(results, varied, option, title)
+        if fig is not None:
+            yield f"by_{option}.png", fig
+
+
+def plot_sweep(results: Sequence[RunResult], varied: Sequence[str], out: Path, title: str) -> list[Path]:
+    """Every comparison figure of a sweep (:func:`sweep_figures`) into ``out``; the paths written."""
+    return [_save(fig, out / name) for name, fig in sweep_figures(results, varied, title)]
