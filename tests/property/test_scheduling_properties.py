@@ -44,6 +44,7 @@ from farmhand.core.messages import (
     Message,
     RenderInfo,
     RunRecord,
+    SetUser,
     SubmitJob,
     TaskFinished,
     Tick,
@@ -79,6 +80,9 @@ class Scenario:
     probability: float
     always_fail: frozenset[Key]
     seed: int
+    #: each user's fair-share priority and weight, told to the solver before anything else (SetUser)
+    user_settings: tuple[tuple[str, int, float], ...] = ()
+    half_life_s: float = 3600.0  # the weighted policy's (short in the scenarios: past usage must matter)
 
 
 def chunks(first: int, last: int, step: int, per_task: int) -> list[frozenset[int]]:
@@ -190,6 +194,47 @@ def scenarios(draw: st.DrawFn, policy: str, failure: str) -> Scenario:
         probability=draw(st.sampled_from((0.15, 0.35))) if failure == "random" else 0.0,
         always_fail=frozenset(always),
         seed=draw(st.integers(0, 2**16)),
+        user_settings=draw(user_settings_st()),
+        half_life_s=draw(st.sampled_from((4.0, 10.0, 30.0))),
+    )
+
+
+@st.composite
+def user_settings_st(draw: st.DrawFn) -> tuple[tuple[str, int, float], ...]:
+    """Fair-share priorities and weights for some of the users (the others keep 99 and 1.0)."""
+    out = []
+    for user in USERS:
+        if draw(st.booleans()):
+            out.append((user, draw(st.sampled_from((99, 80, 120, 140))), draw(st.sampled_from((1.0, 0.5, 2.0, 4.0)))))
+    return tuple(out)
+
+
+@st.composite
+def contention_scenarios(draw: st.DrawFn, policy: str) -> Scenario:
+    """Many small jobs of several users, submitted at distinct times, competing for a few renders: every
+    dispatch is a real choice, so the policy order is tested at almost every decision."""
+    renders = [
+        RenderInfo(name, frozenset(), draw(st.integers(2, 4)), draw(st.integers(1, 4)), 8000)
+        for name in draw(st.lists(st.sampled_from(RENDER_NAMES[:3]), min_size=1, max_size=3, unique=True))
+    ]
+    jobs: list[tuple[dict[str, Any], str, float]] = []
+    at = 0.0
+    for _ in range(draw(st.integers(3, 8))):
+        blocks = []
+        for b in range(draw(st.integers(1, 2))):
+            count = draw(st.integers(1, 8))
+            blocks.append({
+                "name": f"b{b}", "command": "run {first} {last}",
+                "frames": {"first": 1, "last": count, "per_task": 1},
+                "capacity": draw(st.sampled_from((1, 1, 2))),
+            })
+        spec = {"name": "job", "priority": draw(st.sampled_from((0, 50, 99, 150, 200))), "blocks": blocks}
+        at += draw(st.sampled_from((0.0, 0.5, 1.0, 1.0, 2.5)))
+        jobs.append((spec, draw(st.sampled_from(USERS)), at))
+    return Scenario(
+        renders=renders, jobs=jobs, policy=policy, reserve_after_s=None, failure="none", probability=0.0,
+        always_fail=frozenset(), seed=draw(st.integers(0, 2**16)), user_settings=draw(user_settings_st()),
+        half_life_s=draw(st.sampled_from((4.0, 10.0))),
     )
 
 
@@ -224,9 +269,20 @@ class World:
     def __init__(self, sc: Scenario) -> None:
         self.sc = sc
         self.rt = ManualRuntime(seed=sc.seed)
-        self.solver = Solver(make_policy(sc.policy), reserve_after_s=sc.reserve_after_s)
+        options: dict[str, Any] = {"half_life_s": sc.half_life_s} if sc.policy == "weighted" else {}
+        self.solver = Solver(make_policy(sc.policy, **options), reserve_after_s=sc.reserve_after_s)
         self.rt.spawn(REGISTRY, Registry())
         self.rt.spawn(SOLVER, self.solver)
+        self.user_priority = dict.fromkeys(USERS, 99)
+        self.user_weight = dict.fromkeys(USERS, 1.0)
+        for user, priority, weight in sc.user_settings:
+            self.user_priority[user] = priority
+            self.user_weight[user] = weight
+            self.rt.send(SOLVER, SetUser(self.rt.next_id(), user, priority, weight))
+        #: the weighted policy's decayed usage, integrated here from the ledger's running capacity per user
+        self.rate = math.log(2.0) / sc.half_life_s
+        self.usage = dict.fromkeys(USERS, 0.0)
+        self.usage_time = 0.0
         self.records: list[RunRecord] = []
         self.assigns: list[Assign] = []
         self.rt.sink(EVENTS, lambda to, m: self.records.append(m) if isinstance(m, RunRecord) else None)
@@ -357,17 +413,39 @@ class World:
             assert self.specs[job_id].priority == best, (job_id, best)
         elif policy == "fifo":
             assert (self.submitted[job_id], job_id) == min((self.submitted[e.job.job_id], e.job.job_id) for e in others)
-        elif policy == "fairshare":
-            running: Counter[str] = Counter()
-            for _, e, capacity, _ in self.solver.runs.values():
-                if e is not None:
-                    running[self.users[e.job.job_id]] += capacity
-            need = {u: 1.1**99 / (running[u] + 1) for u in {self.users[e.job.job_id] for e in others}}
+        elif policy in ("fairshare", "weighted"):
+            running = self.running_capacity()
             user = self.users[job_id]
-            assert need[user] >= max(need.values()) * (1 - 1e-12), (user, need)
+            competing = {self.users[e.job.job_id] for e in others}
+            if policy == "fairshare":  # Afanasy's need: the neediest user first
+                need = {u: 1.1 ** self.user_priority[u] / (running[u] + 1) for u in competing}
+                assert need[user] >= max(need.values()) * (1 - 1e-12), (user, need)
+            else:  # the least loaded user first: running capacity plus decayed past usage, over the weight
+                load = {u: (running[u] + self.usage[u] * self.rate) / self.user_weight[u] for u in competing}
+                least = min(load.values())
+                assert load[user] <= least + 1e-9 * (1.0 + abs(least)), (user, load)
             mine = [e for e in others if self.users[e.job.job_id] == user]
             key = min((-self.specs[e.job.job_id].priority, self.submitted[e.job.job_id], e.job.job_id) for e in mine)
             assert (-self.specs[job_id].priority, self.submitted[job_id], job_id) == key
+
+    def running_capacity(self) -> Counter[str]:
+        """Each user's running capacity in the solver's ledger (what the fair policies weigh)."""
+        running: Counter[str] = Counter()
+        for _, e, capacity, _ in self.solver.runs.values():
+            if e is not None:
+                running[self.users[e.job.job_id]] += capacity
+        return running
+
+    def accrue_usage(self, until: float) -> None:
+        """Nothing is in flight: the running capacity stays as it is until ``until``; decay and add it."""
+        elapsed = until - self.usage_time
+        if elapsed <= 0.0:
+            return
+        decay = math.exp(-self.rate * elapsed)
+        running = self.running_capacity()
+        for user in self.usage:
+            self.usage[user] = self.usage[user] * decay + running[user] * (1.0 - decay) / self.rate
+        self.usage_time = until
 
     def check_ledger(self) -> None:
         solver = self.solver
@@ -485,8 +563,16 @@ class World:
             idle_for = self.candidates(render)
             if not idle_for:
                 continue
+            # the one excuse: the starvation guard keeps the render for a block that has waited long enough,
+            # may run there, and does not fit in what is free now
             held = render.held_for
-            assert held is not None and held.item is not None, (render.name, "idle with eligible ready work")
+            after = solver.reserve_after_s
+            assert after is not None and held is not None and held.item is not None, (
+                render.name, "idle with eligible ready work")
+            assert held.blocked_since is not None and self.rt.now - held.blocked_since >= after, (
+                render.name, "kept for a block that has not waited long enough")
+            assert held.effective_ready > 0
+            assert held.needs.capacity <= render.capacity and held.needs.memory_mb <= render.memory
             assert held.needs.capacity > render.free_cap or held.needs.memory_mb > render.free_mem
 
     def run(self) -> None:
@@ -500,6 +586,7 @@ class World:
             self.check_quiescent()
             if due is None:
                 break
+            self.accrue_usage(due)
             rt.fire_next_timer()
         else:
             raise AssertionError("the farm did not settle")
@@ -587,6 +674,7 @@ def check(sc: Scenario) -> None:
 
 POLICIES = ("priority", "fifo", "fairshare", "weighted")
 FAILURES = ("none", "always", "random")
+POLICY_EXAMPLES = 120  # per policy, for the contention scenarios (cheap: no dependencies, no faults)
 
 
 @pytest.mark.parametrize("failure", FAILURES)
@@ -603,6 +691,28 @@ def test_scheduling_invariants_hold_after_every_message(policy: str, failure: st
     @given(scenarios(policy, failure))
     def run(sc: Scenario) -> None:
         check(sc)
+
+    run()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_dispatch_follows_the_policy_under_contention(policy: str) -> None:
+    # small scenarios where jobs of several users, priorities and ages compete for one to three renders: the
+    # policy oracle in check_decision runs at nearly every dispatch, so an order reversed, or blind to
+    # priority, age, usage or weight, fails here
+    @settings(
+        max_examples=POLICY_EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(contention_scenarios(policy))
+    def run(sc: Scenario) -> None:
+        world = World(sc)
+        world.run()
+        world.check_end()
+        assert world.decisions_checked > 0
 
     run()
 
