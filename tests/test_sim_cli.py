@@ -57,12 +57,34 @@ def test_same_seed_same_tasks_csv_through_the_cli(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "tasks.csv").read_bytes() == (tmp_path / "b" / "tasks.csv").read_bytes()
 
 
-def test_plots_are_written(tmp_path: Path) -> None:
+def test_plots_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each figure is written as a PNG; what they draw is checked on the figure objects in test_sim_plots.py,
+    and here that the run's own records reach them (every done task counted, every user drawn)."""
+    from matplotlib.figure import Figure
+
+    from farmhand.sim import plots
+
+    saved: dict[str, Figure] = {}
+    real_save = plots._save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        saved[path.name] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
     assert main([*SMALL, "--out", str(tmp_path), "--plot", "--mtbf", "3000", "--heartbeat", "5", "--zombie", "20"]) == 0
-    for name in ("throughput", "utilization", "user_share", "wait_cdf", "gantt"):
+    names = ["throughput", "utilization", "user_share", "wait_cdf", "gantt"]
+    assert list(saved) == [f"{name}.png" for name in names]
+    for name in names:
         png = tmp_path / f"{name}.png"
-        assert png.exists() and png.stat().st_size > 10_000, name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (cumulative,) = saved["throughput.png"].axes[0].get_lines()
+    assert cumulative.get_ydata()[-1] == summary["tasks_done"] == 240
+    wait_users = [line.get_label() for line in saved["wait_cdf.png"].axes[0].get_lines()]
+    assert wait_users == ["user00", "user01", "user02"]
+    assert len(saved["user_share.png"].axes[0].collections) == 3
+    assert saved["gantt.png"].axes[0].get_title() == "Runs on 10 of 10 renders (priority, seed 0)"
 
 
 def test_workload_file_and_swf(tmp_path: Path) -> None:
