@@ -9,8 +9,11 @@ Durable dispatch holds every assignment until the store has committed the run it
 so a server killed at any moment knows every run a worker may report. The same run is made with the hold
 switched off (``gateway.durable = None``) as the baseline in the same sitting.
 
-- target: >= 2,000 tasks/s with durable dispatch (1000 jobs x 100 tasks, 200 workers);
-- short mode (CI): 100 jobs x 50 tasks; gates: >= 700 tasks/s and at least half the baseline's speed.
+Row: the durable run's window, from the first submission to the last job done (server start, workers
+connecting and the baseline run are outside it). Gates: durable / without the hold >= 0.5, a ratio measured
+in the same run (measured about 0.8); full mode also asserts the target, >= 2,000 tasks/s with durable
+dispatch (1000 jobs x 100 tasks, 200 workers; measured about 4,500); short mode (CI, 100 jobs x 50 tasks)
+a loose floor of 700 tasks/s.
 
     FARMHAND_BENCH_SHORT=0 .venv/bin/pytest bench/test_bench_server.py -s -p no:cacheprovider
 """
@@ -19,11 +22,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from conftest import SHORT
+from conftest import SHORT, run_once
 from tcp_harness import TOKEN, Load, cpu_seconds, raise_fd_limit
 
 from farmhand.core.messages import Actor
@@ -35,9 +39,17 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lo
 WORKERS = 200
 JOBS, TASKS = (100, 50) if SHORT else (1000, 100)
 
+T = TypeVar("T")
 
-def _run(folder: Path, durable: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """One server, one load, every job to done; the figures."""
+
+def _untimed(fn: Callable[[], T]) -> T:
+    return fn()
+
+
+def _run(
+    folder: Path, durable: bool, monkeypatch: pytest.MonkeyPatch, window: Callable[[Callable[[], Any]], Any] = _untimed
+) -> dict[str, Any]:
+    """One server, one load, every job to done, the submissions and the wait run through ``window``; the figures."""
     monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
     config = ServerConfig(db=folder / "farm.db", port=0, http_port=0, policy="fifo", heartbeat_s=1.0, zombie_s=60.0)
     server = FarmServer(config).start()
@@ -53,18 +65,23 @@ def _run(folder: Path, durable: bool, monkeypatch: pytest.MonkeyPatch) -> dict[s
                     {"name": "z", "command": "true", "frames": {"first": 1, "last": TASKS}}]})
                 for j in range(JOBS)
             ]
+            store, api = server.store, server.http.api
             cpu0, t0 = cpu_seconds(), time.monotonic()
-            for start in range(0, JOBS, 50):
-                server.http.api.submit(admin, specs[start : start + 50])
-            submitted = time.monotonic() - t0
-            deadline = t0 + 600
-            while True:
-                rows = server.store.jobs()
-                if sum(1 for r in rows if r.state == "done") == JOBS:
-                    break
-                assert time.monotonic() < deadline, "the jobs did not finish in 600 s"
-                assert not [r for r in rows if r.state == "error"], "a job failed"
-                time.sleep(0.1)
+
+            def submit_and_wait() -> float:
+                for start in range(0, JOBS, 50):
+                    api.submit(admin, specs[start : start + 50])
+                submitted = time.monotonic() - t0
+                deadline = t0 + 600
+                while True:
+                    rows = store.jobs()
+                    if sum(1 for r in rows if r.state == "done") == JOBS:
+                        return submitted
+                    assert time.monotonic() < deadline, "the jobs did not finish in 600 s"
+                    assert not [r for r in rows if r.state == "error"], "a job failed"
+                    time.sleep(0.1)
+
+            submitted = window(submit_and_wait)
             elapsed = time.monotonic() - t0
             cpu = cpu_seconds() - cpu0
             stats = load.finish()
@@ -80,7 +97,7 @@ def test_durable_dispatch_through_the_real_server_and_store(  # type: ignore[no-
 ) -> None:
     raise_fd_limit(WORKERS + 512)
     plain = _run(tmp_path / "plain", False, monkeypatch)
-    durable = _run(tmp_path / "durable", True, monkeypatch)
+    durable = _run(tmp_path / "durable", True, monkeypatch, lambda fn: run_once(benchmark, fn))
     ratio = durable["tasks_per_s"] / plain["tasks_per_s"]
     benchmark.extra_info.update({"jobs": JOBS, "tasks": TASKS, "workers": WORKERS, "durable": durable,
                                  "without_hold": plain, "ratio": ratio})
@@ -92,9 +109,8 @@ def test_durable_dispatch_through_the_real_server_and_store(  # type: ignore[no-
         f" {plain['submit_s']:.1f} s, server CPU {plain['server_cpu_s']:.1f} s)"
         f"\n  ratio {ratio:.2f}"
     )
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     for figures in (durable, plain):
         assert figures["runs"] == JOBS * TASKS, figures  # every task ran exactly once
-    floor = 700 if SHORT else 2000
+    floor = 700 if SHORT else 2000  # short mode: a loose floor; full mode: the target
     assert durable["tasks_per_s"] >= floor, f"{durable['tasks_per_s']:.0f} tasks/s (gate: >= {floor})"
     assert ratio >= 0.5, f"durable dispatch runs at {ratio:.2f} of the speed without it (gate: >= 0.5)"
