@@ -19,6 +19,7 @@ import pytest
 import yaml
 from farm_fixture import Farm, job_spec, running_farm
 
+from farmhand import http_api
 from farmhand.client import ApiClient, ApiError
 from farmhand.core.records import CSV_COLUMNS
 from farmhand.http_api import HttpApi
@@ -108,8 +109,12 @@ def test_actions_change_the_job(farm: Farm) -> None:
     ann = farm.client("ann")
     job_id = submit(ann, job_spec(frames=3, paused=True))
     assert ann.action(job_id, "priority", value=200) == "priority 200"
-    time.sleep(0.2)
-    assert {t["state"] for t in ann.job(job_id)["tasks"]} == {"ready", "waiting"}  # paused: nothing runs
+    # paused: nothing runs. The event that shows it: a later job of lower priority runs to the end on the only
+    # render, which the paused job (first in every order) would have taken first had it not been paused
+    later = submit(ann, job_spec("later", frames=1, priority=10))
+    farm.wait_job(later)
+    assert ann.runs(job_id) == []
+    assert {t["state"] for t in ann.job(job_id)["tasks"]} == {"ready", "waiting"}
     assert ann.job(job_id)["state"] == "paused"
     assert ann.action(job_id, "skip", block="prep", tasks=["1", 1]) == "skipped 2 task(s)"
     assert ann.action(job_id, "resume") == "resumed"
@@ -175,15 +180,55 @@ def test_unknown_endpoints_are_404(farm: Farm) -> None:
         assert err.value.status in (400, 404, 501), (method, path)
 
 
-def test_requests_beyond_the_cap_are_refused_503_and_served_again_once_free(farm: Farm) -> None:
+class _WatchedGate(http_api._Gate):
+    """The API's request slots, with their count observable from the test's thread."""
+
+    changed = threading.Condition()
+    gates: list[_WatchedGate] = []
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.taken = 0  # slots ever taken
+        with self.changed:
+            self.gates.append(self)
+
+    def take(self) -> bool:
+        with self.changed:
+            taken = super().take()
+            self.taken += taken
+            self.changed.notify_all()
+            return taken
+
+    def give(self) -> None:
+        with self.changed:
+            super().give()
+            self.changed.notify_all()
+
+    @classmethod
+    def wait_used(cls, count: int, taken: int = 0, timeout: float = 10.0) -> None:
+        """Wait until the (one) gate has ``count`` slots in use, after at least ``taken`` were ever taken."""
+        with cls.changed:
+            if not cls.changed.wait_for(
+                lambda: len(cls.gates) == 1 and cls.gates[0].used == count and cls.gates[0].taken >= taken, timeout
+            ):
+                seen = [(g.used, g.taken) for g in cls.gates]
+                raise AssertionError(f"request slots (in use, ever taken): {seen}, not ({count}, >= {taken}) "
+                                     f"after {timeout:g} s")
+
+
+def test_requests_beyond_the_cap_are_refused_503_and_served_again_once_free(
+    farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert farm.server.http is not None
+    monkeypatch.setattr(_WatchedGate, "gates", [])
+    monkeypatch.setattr(http_api, "_Gate", _WatchedGate)
     api = HttpApi(farm.server.http.api, "127.0.0.1", 0, max_requests=2, request_timeout_s=30).start()
     token = farm.admin.token
     holders: list[socket.socket] = []
     try:
         for _ in range(2):  # two silent clients hold both request threads (for up to 30 s)
             holders.append(socket.create_connection((api.host, api.port), timeout=5))
-        time.sleep(0.3)
+        _WatchedGate.wait_used(2, taken=2)  # the server has accepted both: each holds a slot
         busy = ApiClient(api.url, token, timeout=5)
         with pytest.raises(ApiError) as err:
             busy.whoami()
@@ -191,14 +236,8 @@ def test_requests_beyond_the_cap_are_refused_503_and_served_again_once_free(farm
         for s in holders:
             s.close()
         holders.clear()
-        deadline = time.monotonic() + 10
-        while True:  # the held threads end (their clients went away) and give their slots back
-            try:
-                assert busy.whoami()["user"] == "admin"
-                break
-            except ApiError as e:  # 503 until a thread notices its client left (or a reset in between)
-                assert e.status in (0, 503) and time.monotonic() < deadline
-                time.sleep(0.1)
+        _WatchedGate.wait_used(0, taken=2)  # the server notices its clients went away and gives their slots back
+        assert busy.whoami()["user"] == "admin"
     finally:
         for s in holders:
             s.close()
@@ -287,12 +326,18 @@ def test_an_admin_pauses_a_render_and_it_takes_no_new_task_until_resumed(farm: F
         assert err.value.status == status, (name, action)
     assert farm.admin.render_action("r1", "pause") == "paused"
     assert farm.server.store.render_paused("r1")
-    job_id = submit(ann, job_spec(frames=2))
-    time.sleep(0.5)
-    assert {t["state"] for t in ann.job(job_id)["tasks"]} <= {"ready", "waiting"}  # nothing was given to r1
-    assert {r["name"]: r["state"] for r in farm.admin.renders()}["r1"] == "paused"
-    assert farm.admin.render_action("r1", "resume") == "resumed"
+    # four tasks ready at once while r1 is free but paused; then r2 (one slot) comes and runs the whole job: had
+    # r1 not been paused, it would have taken tasks at once (before r2 existed, and beside r2's one slot)
+    job_id = submit(ann, job_spec(frames=4))
+    farm.add_render("r2", capacity=1)
     farm.wait_job(job_id)
+    assert {r["render"] for r in ann.runs(job_id)} == {"r2"}  # nothing was given to r1
+    assert {r["name"]: r["state"] for r in farm.admin.renders()}["r1"] == "paused"
+    assert farm.admin.render_action("r2", "pause") == "paused"
+    assert farm.admin.render_action("r1", "resume") == "resumed"
+    again = submit(ann, job_spec("again", frames=2))
+    farm.wait_job(again)
+    assert {r["render"] for r in ann.runs(again)} == {"r1"}  # r1 takes tasks again, r2 none now
     assert not farm.server.store.render_paused("r1")
 
 
@@ -440,10 +485,14 @@ def test_a_client_that_stalls_mid_request_is_dropped_and_frees_its_slot(farm: Fa
         api.stop()
 
 
-def test_a_client_that_leaves_its_answer_unread_is_dropped_and_frees_its_slot(farm: Farm) -> None:
+def test_a_client_that_leaves_its_answer_unread_is_dropped_and_frees_its_slot(
+    farm: Farm, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert farm.server.http is not None
     token = farm.admin.token or ""
     job_id = submit(farm.admin, job_spec(frames=30_000, paused=True))  # its detail is about 10 MB of JSON
+    monkeypatch.setattr(_WatchedGate, "gates", [])
+    monkeypatch.setattr(http_api, "_Gate", _WatchedGate)
     api = HttpApi(farm.server.http.api, "127.0.0.1", 0, max_requests=1, request_timeout_s=0.5).start()
     try:
         with socket.socket() as sock:
@@ -452,14 +501,9 @@ def test_a_client_that_leaves_its_answer_unread_is_dropped_and_frees_its_slot(fa
             sock.connect((api.host, api.port))
             sock.sendall(f"GET /api/jobs/{job_id}?limit=100000 HTTP/1.1\r\nHost: x\r\n"
                          f"Authorization: Bearer {token}\r\n\r\n".encode())
-            deadline = time.monotonic() + 10
-            while True:  # the answer stays unread: the server drops the client and its slot is free again
-                try:
-                    assert ApiClient(api.url, token, timeout=5).whoami()["user"] == "admin"
-                    break
-                except ApiError as e:
-                    assert e.status == 503 and time.monotonic() < deadline, e
-                    time.sleep(0.1)
+            # the request took the only slot; its answer stays unread: the server drops the client, frees the slot
+            _WatchedGate.wait_used(0, taken=1)
+            assert ApiClient(api.url, token, timeout=5).whoami()["user"] == "admin"
             sock.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 sock.recv(65536)  # what was buffered before the drop; the connection ends there
