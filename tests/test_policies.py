@@ -154,11 +154,13 @@ def test_fairshare_counts_running_capacity_not_tasks() -> None:
     farm = Farm(make_policy("fairshare"))
     farm.job(1, "ann", capacity=4, ready=10)
     farm.job(2, "bob", submit_time=1.0, ready=10)
-    farm.render("big", capacity=4)  # ann takes it all (tie broken by who came first)
+    farm.render("first", capacity=4)  # ann takes it all (tie broken by who came first)
     assert farm.running_of("ann") == 1
-    got = [d for i in range(4) for d in farm.render(f"r{i}")]
-    # ann runs one task of capacity 4: need 1.1^99/5; bob serves until his need drops to that
-    assert [farm.users[d.job_id] for d in got] == ["bob"] * 4
+    # a render where both users' tasks fit: ann runs one task of capacity 4 (need 1.1^99/5), so bob is served
+    # until his capacity reaches 4 too, and only then (a tie, ann first) ann. Counting tasks instead, ann's
+    # one task would weigh as much as one of bob's, and ann would come back after bob's first task.
+    got = farm.render("big", capacity=8)
+    assert [farm.users[d.job_id] for d in got] == ["bob"] * 4 + ["ann"]
 
 
 def test_weighted_shares_follow_the_weights() -> None:

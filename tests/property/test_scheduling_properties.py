@@ -41,8 +41,10 @@ from farmhand.core.messages import (
     JobAccepted,
     JobAction,
     JobRefused,
+    KillRun,
     Message,
     RenderInfo,
+    RunLost,
     RunRecord,
     SetUser,
     SubmitJob,
@@ -214,7 +216,8 @@ def contention_scenarios(draw: st.DrawFn, policy: str) -> Scenario:
     """Many small jobs of several users, submitted at distinct times, competing for a few renders: every
     dispatch is a real choice, so the policy order is tested at almost every decision."""
     renders = [
-        RenderInfo(name, frozenset(), draw(st.integers(2, 4)), draw(st.integers(1, 4)), 8000)
+        RenderInfo(name, frozenset(), draw(st.integers(2, 4)), draw(st.integers(1, 4)),
+                   draw(st.sampled_from((3000, 4000, 8000))))
         for name in draw(st.lists(st.sampled_from(RENDER_NAMES[:3]), min_size=1, max_size=3, unique=True))
     ]
     jobs: list[tuple[dict[str, Any], str, float]] = []
@@ -227,6 +230,7 @@ def contention_scenarios(draw: st.DrawFn, policy: str) -> Scenario:
                 "name": f"b{b}", "command": "run {first} {last}",
                 "frames": {"first": 1, "last": count, "per_task": 1},
                 "capacity": draw(st.sampled_from((1, 1, 2))),
+                "memory_mb": draw(st.sampled_from((0, 0, 0, 1000, 2500))),
             })
         spec = {"name": "job", "priority": draw(st.sampled_from((0, 50, 99, 150, 200))), "blocks": blocks}
         at += draw(st.sampled_from((0.0, 0.5, 1.0, 1.0, 2.5)))
@@ -972,3 +976,143 @@ def check_with_actions(sc: Scenario, actions: list[Action]) -> None:
 @given(action_scenarios())
 def test_user_actions_keep_jobs_and_ledger_consistent(case: tuple[Scenario, list[Any]]) -> None:
     check_with_actions(*case)
+
+
+# -------------------------------------------------------------------------------------------- actions and faults
+
+MixedAction = tuple[float, int, str, int, tuple[int, ...], bool]  # at, job id, action, block, tasks, downstream
+
+
+@dataclass
+class MixedScenario:
+    faults: FaultScenario
+    actions: list[MixedAction]
+
+
+@st.composite
+def mixed_scenarios(draw: st.DrawFn) -> MixedScenario:
+    """Lost and returning renders, with restarts, skips and deletes landing while runs are lost or in doubt."""
+    sc = draw(fault_scenarios())
+    actions: list[MixedAction] = []
+    for _ in range(draw(st.integers(1, 6))):
+        j = draw(st.integers(0, len(sc.jobs) - 1))
+        blocks = sc.jobs[j]["blocks"]
+        b = draw(st.integers(-1, len(blocks) - 1))
+        tasks: tuple[int, ...] = ()
+        if b >= 0 and draw(st.booleans()):
+            f = blocks[b]["frames"]
+            count = len(chunks(f["first"], f["last"], 1, f["per_task"]))
+            tasks = tuple(draw(st.lists(st.integers(0, count - 1), min_size=1, max_size=3, unique=True)))
+        action = draw(st.sampled_from(("restart", "restart", "restart", "skip", "skip", "delete")))
+        # the faults fall at 0.5 .. 11 s and a crashed render is declared lost 3 s later: act in between
+        at = draw(st.sampled_from((0.5, 1.0, 2.0, 2.5, 3.0, 4.5, 5.0, 6.0, 7.5, 8.0, 9.0, 12.0, 13.5)))
+        actions.append((at, j + 1, action, b, tasks, draw(st.booleans())))
+    return MixedScenario(sc, actions)
+
+
+def check_actions_with_faults(mixed: MixedScenario) -> None:
+    sc = mixed.faults
+    rt = ManualRuntime(seed=sc.seed)
+    solver = Solver(make_policy(sc.policy), reserve_after_s=None)
+    rt.spawn(REGISTRY, Registry())
+    rt.spawn(SOLVER, solver)
+    records: list[RunRecord] = []
+    rt.sink(EVENTS, lambda to, m: records.append(m) if isinstance(m, RunRecord) else None)
+    rt.sink("client", lambda to, m: None)
+    workers: dict[str, FlakyWorker] = {}
+    infos = {info.name: info for info in sc.renders}
+    for info in sc.renders:
+        rt.spawn(render_address(info.name), RenderBehaviour(info.name, heartbeat_s=1.0, zombie_s=3.0))
+        workers[info.name] = FlakyWorker(info, lambda a: 2.0 + 3 * ((a.task + a.block + a.attempt) % 3), heartbeat=True)
+        rt.spawn(worker_address(info.name), workers[info.name])
+        rt.send(worker_address(info.name), Tick(rt.next_id(), "hello"))
+    for i, (name, kind, at, down) in enumerate(sc.faults):
+        rt.set_timer(worker_address(name), ("fault", i), at, Tick(rt.next_id(), kind))
+        rt.set_timer(worker_address(name), ("back", i), at + down, Tick(rt.next_id(), "hello"))
+    specs = [parse_job(data) for data in sc.jobs]
+    for spec in specs:
+        rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann", "client"))
+    deleted: set[int] = set()
+    for i, (at, job_id, action, block, tasks, downstream) in enumerate(mixed.actions):
+        msg = JobAction(rt.next_id(), job_id, action, Actor("ann"), "client", block, tasks, downstream)
+        rt.set_timer(REGISTRY, ("act", i), at, msg)
+        if action == "delete":
+            deleted.add(job_id)
+
+    # the independent record of runs: each assigned run, and how the job ended it (if it did)
+    run_of: dict[int, tuple[int, str, str, int]] = {}  # run id -> job id, block name, task name, attempt
+    render_of: dict[int, str] = {}
+    key_of: dict[int, Key] = {}
+    runs_of_task: dict[Key, list[int]] = defaultdict(list)
+    ended: set[int] = set()  # the job reported, killed or lost it: its task may run again
+    killed: set[int] = set()  # the job stopped it (restart, skip, delete): never counted as done
+
+    def observe(to: str, m: Message) -> None:
+        for render in solver.renders.values():
+            assert 0 <= render.free_cap <= render.capacity and 0 <= render.free_tasks <= render.max_tasks
+        for name, worker in workers.items():
+            assert sum(a.capacity for a in worker.running.values()) <= infos[name].capacity, name
+            assert len(worker.running) <= infos[name].max_tasks, name
+        if isinstance(m, Assign) and to.startswith("render/"):
+            key = (m.job_id, m.block, m.task)
+            earlier = [r for r in runs_of_task[key] if r not in ended]
+            assert not earlier, (key, "assigned again while run", earlier, "is still its own")
+            job: JobBehaviour = rt.behaviour(job_address(m.job_id))
+            block = job.blocks[m.block]
+            run_of[m.run_id] = (m.job_id, block.spec.name, block.tasks[m.task].frames.name, m.attempt)
+            render_of[m.run_id] = m.render
+            key_of[m.run_id] = key
+            runs_of_task[key].append(m.run_id)
+        elif isinstance(m, KillRun) and to.startswith("render/") and m.reason in ("restarted", "skipped", "deleted"):
+            killed.add(m.run_id)
+            ended.add(m.run_id)
+        elif isinstance(m, TaskFinished | RunLost) and to.startswith("job/") and render_of.get(m.run_id) == m.render:
+            ended.add(m.run_id)  # the job has its report (a lost run counts only from the render it was on)
+        if to.startswith("job/") and to in rt.behaviours:
+            check_job_bookkeeping(rt.behaviour(to))
+
+    rt.observers.append(observe)
+    live_jobs = [job_id for job_id in range(1, len(specs) + 1) if job_id not in deleted]
+
+    def finished() -> bool:
+        return rt.now > 14.0 and all(rt.behaviour(job_address(j)).state == "done" for j in live_jobs)
+
+    while not finished():
+        rt.run()
+        # every timer due at this instant fires before any of their messages is delivered: a restart and the
+        # finish of the run it kills race, as they do on a real farm
+        assert rt.fire_next_timer() and rt.now < 1000.0, "the farm never finished"
+        while (due := rt.next_timer()) is not None and due <= rt.now:
+            rt.fire_next_timer()
+    rt.run()
+    for job_id in live_jobs:
+        job: JobBehaviour = rt.behaviour(job_address(job_id))
+        check_job_bookkeeping(job)
+        assert job.finished_tasks == job.total_tasks and not job.live
+    # every run assigned gets exactly one record, and the record says how the job ended it
+    by_run: dict[tuple[int, str, str, int], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        by_run[(r.job_id, r.block, r.task, r.attempt)].append(r)
+    assert set(by_run) == set(run_of.values()), "a run without a record, or a record without a run"
+    for run_id, ident in run_of.items():
+        (record,) = by_run[ident]
+        if run_id in killed:
+            assert record.state in ("killed", "lost"), (ident, record.state, "a run the job killed")
+        else:
+            assert record.state in ("done", "lost"), (ident, record.state)
+    # a done task of a job still there is done by its last run
+    for key, run_ids in runs_of_task.items():
+        if key[0] in deleted:
+            continue
+        done = [r for r in run_ids if by_run[run_of[r]][0].state == "done"]
+        job = rt.behaviour(job_address(key[0]))
+        task = job.blocks[key[1]].tasks[key[2]]
+        if task.state_name == "done":
+            assert done and done[-1] == run_ids[-1], (key, run_ids, done)
+
+
+@settings(max_examples=120, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(mixed_scenarios())
+def test_actions_on_lost_and_returning_renders_keep_runs_and_records_straight(mixed: MixedScenario) -> None:
+    check_actions_with_faults(mixed)
