@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from farmhand.actors.runtime import PykkaRuntime
 from farmhand.core.job import JobBehaviour
@@ -103,13 +102,16 @@ def _on_pykka() -> dict[int, dict[tuple[str, str], str]]:
         for spec in _specs():
             rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, spec.user or "x"))
         assert settled.wait(30), f"job states never settled: {states}"
-        deadline = time.monotonic() + 10
-        last = -1
-        while time.monotonic() < deadline and rt.messages != last:  # let in-flight messages drain
-            last = rt.messages
-            time.sleep(0.1)
-        behaviours = {i: rt.behaviour(job_address(i)) for i in (1, 2, 3)}
-        return _final_states(behaviours)  # type: ignore[arg-type]
+        # The event is the end: a job is done when every task is, and in error only when stuck (nothing ready,
+        # nothing running); no message in flight may change a task's state after it. Checked, not waited for.
+        behaviours: dict[int, JobBehaviour] = {}
+        for i in (1, 2, 3):
+            b = rt.behaviour(job_address(i))
+            assert isinstance(b, JobBehaviour)
+            counts = b.counts()
+            assert counts["running"] == counts["ready"] == 0 and not b.live, (i, states[i], counts)
+            behaviours[i] = b
+        return _final_states(behaviours)
     finally:
         rt.stop()
 
