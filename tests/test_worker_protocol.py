@@ -32,7 +32,7 @@ from farmhand.core.messages import (
     TaskStarted,
     Welcome,
 )
-from farmhand.transport.client import Backoff
+from farmhand.transport.client import Backoff, Connection
 from farmhand.transport.codec import FrameBuffer, server_codec
 from farmhand.workers.execute import ExecOptions
 from farmhand.workers.worker import Worker, WorkerOptions, parse_server
@@ -283,10 +283,12 @@ def test_duplicate_assignment_is_ignored() -> None:
         await peer.accept()
         peer.send(assign(6, "sleep 0.2"))
         peer.send(assign(6, "sleep 0.2"))
-        await peer.expect(TaskStarted)
-        await peer.expect(TaskFinished)
-        with pytest.raises(TimeoutError):
-            await peer.expect(TaskStarted, timeout=0.4)
+        assert (await peer.expect(TaskStarted)).run_id == 6
+        assert (await peer.expect(TaskFinished)).run_id == 6  # expect() fails on a second TaskStarted first
+        # then the next assignment's reports come next: the duplicate was not run late either
+        peer.send(assign(7, "true"))
+        assert (await peer.expect(TaskStarted)).run_id == 7
+        assert (await peer.expect(TaskFinished)).run_id == 7
 
     scenario(body)
 
@@ -336,14 +338,28 @@ def test_reconnect_reclaims_running_runs_and_resends_unacked_finishes() -> None:
         peer = await server.next_peer()
         hello = await peer.accept()
         assert hello.running == ()
-        with pytest.raises(TimeoutError):
-            await peer.expect(TaskFinished, timeout=0.3)
+        peer.send(assign(11, "true"))  # the acknowledged finish is not sent again: the next report is run 11's
+        assert (await peer.expect(TaskFinished, skip=(TaskStarted,))).run_id == 11
         assert worker.sessions == 4
 
     scenario(body)
 
 
-def test_worker_retries_until_the_server_comes_up() -> None:
+def test_worker_retries_until_the_server_comes_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[str] = []  # each attempt to connect, as it ends: "refused" or "connected"
+    real_open = Connection.open
+
+    async def counted(*args: Any, **kwargs: Any) -> Connection:
+        try:
+            conn = await real_open(*args, **kwargs)
+        except OSError:
+            attempts.append("refused")
+            raise
+        attempts.append("connected")
+        return conn
+
+    monkeypatch.setattr(Connection, "open", counted)
+
     async def main() -> None:
         probe = FakeServer()
         await probe.start()
@@ -351,8 +367,8 @@ def test_worker_retries_until_the_server_comes_up() -> None:
         await probe.stop()  # nothing listens on ``port`` now
         worker = Worker(options(port))
         running = asyncio.ensure_future(worker.run())
-        await asyncio.sleep(0.5)
-        assert worker.sessions == 0
+        await until(lambda: len(attempts) >= 3, "three attempts to connect")  # it keeps trying, with backoff
+        assert set(attempts) == {"refused"} and worker.sessions == 0
         server = FakeServer()
         await server.start(port)
         peer = await server.next_peer()
