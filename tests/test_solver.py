@@ -343,6 +343,23 @@ def test_a_run_reported_by_an_impostor_first_ends_up_counted_on_its_own_render_o
         assert 777 in h.solver.runs_on(real)
 
 
+def test_only_an_answer_naming_the_contesting_render_settles_its_contest() -> None:
+    h = Harness()
+    h.open(1, needs(0))
+    h.online("imp", capacity=2, max_tasks=2, running=(RunningRun(777, 1, 0, 0, 1),))
+    h.online("real", capacity=2, max_tasks=2, running=(RunningRun(777, 1, 0, 0, 1),))
+    real = h.solver.renders["real"]
+    assert real.contested == 1
+    h.open(2, needs(0))
+    assert where(h.ready(2, 3)) == [(2, 0, "imp")]
+    # the job refuses the impostor's claim: that answers the impostor, not the real render, which may still be
+    # running the run: it gets nothing until its own claim is answered
+    assert where(h.do(ClaimRefused(h.ctx.next_id(), 777, 1, "imp"))) == [(2, 0, "imp")]
+    assert real.contested == 1 and real.free_tasks == 2
+    assert where(h.do(RunClaimed(h.ctx.next_id(), 777, 1, 0, "real"))) == [(2, 0, "real")]
+    assert real.contested == 0 and not h.solver.contested
+
+
 def test_a_contest_ends_with_the_run_or_the_render() -> None:
     h = Harness()
     h.open(1, needs(0))
