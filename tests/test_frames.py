@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from farmhand.core import frames as frames_module
 from farmhand.core.frames import (
     TaskFrames,
     block_task_count,
@@ -306,33 +309,62 @@ def test_frames_intersect_matches_sets(a1: int, n1: int, s1: int, a2: int, n2: i
     assert frames_intersect(a1, a1 + n1 // s1 * s1, s1, a2, a2 + n2 // s2 * s2, s2) == expected
 
 
-def best_of(runs: int, fn: object) -> float:
-    assert callable(fn)
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
+def lines_run(fn: Callable[[], object]) -> int:
+    """How many lines of :mod:`farmhand.core.frames` ``fn`` executes (comprehensions included): a count of
+    operations that does not depend on the machine's speed, for the cost tests below."""
+    count = 0
+    target = frames_module.__file__
+
+    def local(frame: FrameType, event: str, _arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def calls(frame: FrameType, _event: str, _arg: object) -> Any:
+        return local if frame.f_code.co_filename == target else None
+
+    previous = sys.gettrace()
+    sys.settrace(calls)
+    try:
         fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    finally:
+        sys.settrace(previous)
+    return count
 
 
-def test_100_by_100_tasks_is_fast() -> None:
-    up = block_tasks(numeric(1, 100))
-    down = block_tasks(numeric(1, 100))
-    # generous bound against slow machines; typically well under a millisecond
-    assert best_of(20, lambda: frame_dependencies(up, down)) < 0.005
+def test_the_cost_of_frame_dependencies_grows_linearly_with_the_tasks() -> None:
+    """About 25 lines per downstream task and 13 per upstream one; a scan of every pair (quadratic) runs about 400
+    lines per task at 100 x 100 and grows 100-fold from 100 to 1000 tasks."""
+    ops = {}
+    for n in (100, 1000):
+        up = block_tasks(numeric(1, n))
+        down = block_tasks(numeric(1, n))
+        ops[n] = lines_run(lambda up=up, down=down: frame_dependencies(up, down))
+    assert ops[100] <= 30 * (100 + 100), ops
+    assert ops[1000] <= 11 * ops[100], ops
 
 
-def test_10k_by_10k_frames_is_reasonable() -> None:
-    up = block_tasks(numeric(1, 10_000))
-    for per_task in (1, 7, 100, 10_000):
-        down = block_tasks(numeric(1, 10_000, per_task=per_task))
-        start = time.perf_counter()
-        deps = frame_dependencies(up, down)
-        assert time.perf_counter() - start < 1.0
-        assert sum(len(d) for d in deps) == 10_000
-    # huge chunks never list frames: one task of 10**12 frames against chunks of 10**9
-    up = block_tasks(numeric(1, 10**12, per_task=10**9))
-    start = time.perf_counter()
-    assert frame_dependencies(up, [TaskFrames("all", 1, 10**12, 1, None)]) == [tuple(range(1000))]
-    assert time.perf_counter() - start < 1.0
+def test_10k_by_10k_frames_cost_ten_times_1k_by_1k_at_any_chunking() -> None:
+    for per_task in (1, 7, 100, None):  # None: one task of every frame
+        ops = {}
+        for n in (1000, 10_000):
+            up = block_tasks(numeric(1, n))
+            down = block_tasks(numeric(1, n, per_task=per_task or n))
+            deps: list[tuple[int, ...]] = []
+            ops[n] = lines_run(lambda up=up, down=down, deps=deps: deps.extend(frame_dependencies(up, down)))
+            assert sum(len(d) for d in deps) == n
+        assert ops[10_000] <= 11 * ops[1000], (per_task, ops)
+
+
+def test_huge_chunks_cost_by_their_count_not_their_frames() -> None:
+    """Huge chunks never list frames: one task of 10**12 frames against 1000 chunks of 10**9 costs ten times one
+    of 10**11 frames against 100 chunks, about 13 lines per chunk."""
+    ops = {}
+    for total, chunks in ((10**11, 100), (10**12, 1000)):
+        up = block_tasks(numeric(1, total, per_task=total // chunks))
+        whole = [TaskFrames("all", 1, total, 1, None)]
+        deps: list[tuple[int, ...]] = []
+        ops[chunks] = lines_run(lambda up=up, whole=whole, deps=deps: deps.extend(frame_dependencies(up, whole)))
+        assert deps == [tuple(range(chunks))]
+    assert ops[1000] <= 20 * 1000 and ops[1000] <= 11 * ops[100], ops
