@@ -121,7 +121,7 @@ class Farm:
 @contextmanager
 def running_farm(tmp_path: Path, **config: Any) -> Iterator[Farm]:
     """A server on ephemeral ports in ``tmp_path``; stopped (and checked stopped) on exit."""
-    cfg = ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0, synchronous="NORMAL", **config)
+    cfg = ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0, **config)
     before = set(threading.enumerate())
     server = FarmServer(cfg).start()
     try:

@@ -1,6 +1,10 @@
 """End to end with real processes on loopback: the server killed with SIGKILL mid-job and restarted on the same
 store finishes the job with nothing lost (running tasks are reclaimed by their reconnecting workers, not run
-twice); SIGINT and SIGTERM stop the server cleanly within seconds with the store checkpointed."""
+twice); SIGINT and SIGTERM stop the server cleanly within seconds with the store checkpointed.
+
+Server and workers are started as a user does, with the installed ``farmhand`` command (``farmhand server``,
+``farmhand worker``): the server's store runs with production's settings (``synchronous=FULL``, which no
+option changes), so a kill is survived as it would be in production."""
 
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ for i in range(8):
 """
 
 
+#: the installed ``farmhand`` command, as a user runs it
+FARMHAND = Path(sys.executable).parent / "farmhand"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,8 +66,9 @@ class Procs:
         self.all: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``farmhand ARGS`` (the console script beside this interpreter), its output in ``NAME.log``."""
         out = (self.folder / f"{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", *args], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([str(FARMHAND), *args], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
         out.close()
         self.all.append(proc)
@@ -87,7 +96,7 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 def server_args(db: Path, port: int, http_port: int) -> list[str]:
-    return ["farmhand.server", "--db", str(db), "--port", str(port), "--http-port", str(http_port),
+    return ["server", "--db", str(db), "--port", str(port), "--http-port", str(http_port),
             "--heartbeat", "0.5", "--zombie", "10", "--reclaim", "5", "--log-level", "debug"]
 
 
@@ -102,7 +111,7 @@ def test_server_killed_mid_job_restarts_and_finishes_with_nothing_lost(tmp_path:
     admin.token = token_file.read_text().strip()
     wait_for(admin.whoami, 15, "the client API")
     for i in range(3):
-        procs.start(f"worker{i}", "farmhand.workers.worker", "--server", f"127.0.0.1:{port}", "--name", f"w{i}",
+        procs.start(f"worker{i}", "worker", "--server", f"127.0.0.1:{port}", "--name", f"w{i}",
                     "--state-dir", str(tmp_path / "state"), "--token-file", str(tmp_path / "farm.token"),
                     "--reconnect-max", "0.3", "--progress-interval", "0.2", env=env)
     spec = {
@@ -125,7 +134,9 @@ def test_server_killed_mid_job_restarts_and_finishes_with_nothing_lost(tmp_path:
     server.wait(5)
     before = {j["id"]: j for j in _read_jobs(db)}
     assert before[job_id]["state"] == "active"
-    time.sleep(0.5)  # the workers notice and keep running their tasks while they reconnect
+    # the workers notice, and keep running their tasks while they try to reconnect
+    wait_for(lambda: all("connection lost" in (tmp_path / f"worker{i}.log").read_text() for i in range(3)), 15,
+             "every worker to notice the server is gone")
 
     procs.start("server2", *server_args(db, port, http_port), env=env)
     wait_for(admin.whoami, 15, "the restarted client API")
