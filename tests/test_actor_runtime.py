@@ -124,10 +124,14 @@ def test_timers_belong_to_each_behaviour_on_a_shard(farm: Farm) -> None:
     farm.tell("c", "timer", 40)
     farm.tell("c", "cancel")
     farm.wait(lambda: ("fired", 60) in farm.of("b"))
-    time.sleep(0.1)
-    assert farm.of("a") == [("timer", 30), ("fired", 30)]
+    # the timer thread posts in due order, and a shard handles what is posted to it in order: a mark posted now
+    # comes after anything due before b's timer (a's at 30 ms, c's at 40 ms had it not been cancelled)
+    farm.tell("a", "mark")
+    farm.tell("c", "mark")
+    farm.wait(lambda: ("mark", 0) in farm.of("a") and ("mark", 0) in farm.of("c"))
+    assert farm.of("a") == [("timer", 30), ("fired", 30), ("mark", 0)]
     assert farm.of("b") == [("timer", 60), ("fired", 60)]
-    assert farm.of("c") == [("timer", 40), ("cancel", 0)]
+    assert farm.of("c") == [("timer", 40), ("cancel", 0), ("mark", 0)]
 
 
 def test_stop_of_one_behaviour_leaves_the_others_on_its_shard(farm: Farm) -> None:
@@ -143,9 +147,11 @@ def test_stop_of_one_behaviour_leaves_the_others_on_its_shard(farm: Farm) -> Non
     farm.tell("y", "still-here")
     farm.tell("z", "still-here")
     farm.wait(lambda: farm.of("y") and farm.of("z"))
-    time.sleep(0.1)  # x's timer comes due: nobody is there
+    farm.tell("y", "timer", 100)  # due after x's: once it has fired, x's timer has come due, with nobody there
+    farm.wait(lambda: ("fired", 100) in farm.of("y"))
     assert farm.of("x") == [("timer", 50), ("stop", 0), ("queued-before-stop", 0)]
-    assert farm.of("y") == [("still-here", 0)] and farm.of("z") == [("still-here", 0)]
+    assert farm.of("y") == [("still-here", 0), ("timer", 100), ("fired", 100)]
+    assert farm.of("z") == [("still-here", 0)]
     assert farm.rt.shard_sizes() == {"ProbeShard/0": 2}
     farm.probe("x")  # the address is free again: a new behaviour, which gets only what is sent from now on
     farm.tell("x", "new")
