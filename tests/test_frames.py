@@ -6,7 +6,7 @@ import itertools
 import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +23,8 @@ from farmhand.core.frames import (
     task_order,
 )
 from farmhand.core.spec import BlockSpec, FrameRange, TaskSpec, parse_job
+
+R = TypeVar("R")
 
 
 def numeric(first: int, last: int, step: int = 1, per_task: int = 1, command: str = "r {frame}") -> BlockSpec:
@@ -309,9 +311,9 @@ def test_frames_intersect_matches_sets(a1: int, n1: int, s1: int, a2: int, n2: i
     assert frames_intersect(a1, a1 + n1 // s1 * s1, s1, a2, a2 + n2 // s2 * s2, s2) == expected
 
 
-def lines_run(fn: Callable[[], object]) -> int:
-    """How many lines of :mod:`farmhand.core.frames` ``fn`` executes (comprehensions included): a count of
-    operations that does not depend on the machine's speed, for the cost tests below."""
+def lines_run(fn: Callable[..., R], *args: Any) -> tuple[int, R]:
+    """How many lines of :mod:`farmhand.core.frames` ``fn(*args)`` executes (comprehensions included), and what
+    it returned: a count of operations that does not depend on the machine's speed, for the cost tests below."""
     count = 0
     target = frames_module.__file__
 
@@ -327,32 +329,29 @@ def lines_run(fn: Callable[[], object]) -> int:
     previous = sys.gettrace()
     sys.settrace(calls)
     try:
-        fn()
+        result = fn(*args)
     finally:
         sys.settrace(previous)
-    return count
+    return count, result
 
 
 def test_the_cost_of_frame_dependencies_grows_linearly_with_the_tasks() -> None:
     """About 25 lines per downstream task and 13 per upstream one; a scan of every pair (quadratic) runs about 400
     lines per task at 100 x 100 and grows 100-fold from 100 to 1000 tasks."""
-    ops = {}
+    ops: dict[int, int] = {}
     for n in (100, 1000):
-        up = block_tasks(numeric(1, n))
-        down = block_tasks(numeric(1, n))
-        ops[n] = lines_run(lambda up=up, down=down: frame_dependencies(up, down))
+        ops[n], _ = lines_run(frame_dependencies, block_tasks(numeric(1, n)), block_tasks(numeric(1, n)))
     assert ops[100] <= 30 * (100 + 100), ops
     assert ops[1000] <= 11 * ops[100], ops
 
 
 def test_10k_by_10k_frames_cost_ten_times_1k_by_1k_at_any_chunking() -> None:
     for per_task in (1, 7, 100, None):  # None: one task of every frame
-        ops = {}
+        ops: dict[int, int] = {}
         for n in (1000, 10_000):
             up = block_tasks(numeric(1, n))
             down = block_tasks(numeric(1, n, per_task=per_task or n))
-            deps: list[tuple[int, ...]] = []
-            ops[n] = lines_run(lambda up=up, down=down, deps=deps: deps.extend(frame_dependencies(up, down)))
+            ops[n], deps = lines_run(frame_dependencies, up, down)
             assert sum(len(d) for d in deps) == n
         assert ops[10_000] <= 11 * ops[1000], (per_task, ops)
 
@@ -360,11 +359,9 @@ def test_10k_by_10k_frames_cost_ten_times_1k_by_1k_at_any_chunking() -> None:
 def test_huge_chunks_cost_by_their_count_not_their_frames() -> None:
     """Huge chunks never list frames: one task of 10**12 frames against 1000 chunks of 10**9 costs ten times one
     of 10**11 frames against 100 chunks, about 13 lines per chunk."""
-    ops = {}
+    ops: dict[int, int] = {}
     for total, chunks in ((10**11, 100), (10**12, 1000)):
         up = block_tasks(numeric(1, total, per_task=total // chunks))
-        whole = [TaskFrames("all", 1, total, 1, None)]
-        deps: list[tuple[int, ...]] = []
-        ops[chunks] = lines_run(lambda up=up, whole=whole, deps=deps: deps.extend(frame_dependencies(up, whole)))
+        ops[chunks], deps = lines_run(frame_dependencies, up, [TaskFrames("all", 1, total, 1, None)])
         assert deps == [tuple(range(chunks))]
     assert ops[1000] <= 20 * 1000 and ops[1000] <= 11 * ops[100], ops

@@ -60,6 +60,7 @@ def test_same_seed_same_tasks_csv_through_the_cli(tmp_path: Path) -> None:
 def test_plots_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each figure is written as a PNG; what they draw is checked on the figure objects in test_sim_plots.py,
     and here that the run's own records reach them (every done task counted, every user drawn)."""
+    import numpy as np
     from matplotlib.figure import Figure
 
     from farmhand.sim import plots
@@ -69,7 +70,8 @@ def test_plots_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     def keep(fig: Figure, path: Path) -> Path:
         saved[path.name] = fig
-        return real_save(fig, path)
+        written: Path = real_save(fig, path)
+        return written
 
     monkeypatch.setattr(plots, "_save", keep)
     assert main([*SMALL, "--out", str(tmp_path), "--plot", "--mtbf", "3000", "--heartbeat", "5", "--zombie", "20"]) == 0
@@ -80,7 +82,7 @@ def test_plots_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     summary = json.loads((tmp_path / "summary.json").read_text())
     (cumulative,) = saved["throughput.png"].axes[0].get_lines()
-    assert cumulative.get_ydata()[-1] == summary["tasks_done"] == 240
+    assert np.asarray(cumulative.get_ydata())[-1] == summary["tasks_done"] == 240
     wait_users = [line.get_label() for line in saved["wait_cdf.png"].axes[0].get_lines()]
     assert wait_users == ["user00", "user01", "user02"]
     assert len(saved["user_share.png"].axes[0].collections) == 3

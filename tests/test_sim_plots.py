@@ -4,12 +4,14 @@ Gantt chart drawn with one collection per lane and user (not one per run, which 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from farmhand.core.policies import make_policy
 from farmhand.sim import plots, sweep_plots
@@ -88,7 +90,7 @@ def test_the_throughput_figure_counts_every_completed_task(sim: SimResult, drawn
     assert y[0] == 0 and y[-1] == len(done) == 800 and np.all(np.diff(y) == 1)
     assert x[0] == 0 and x[-1] == pytest.approx(max(r.finish_time for r in done) / scale - t0 / scale)
     assert np.all(np.diff(x) >= 0)
-    bars = bottom.patches
+    bars = [cast(Rectangle, b) for b in bottom.patches]
     assert 10 <= len(bars) <= 100
     width_h = bars[0].get_width() * scale / 3600.0
     assert sum(b.get_height() * width_h for b in bars) == pytest.approx(len(done))  # rate x width = tasks
@@ -121,7 +123,7 @@ def test_the_user_share_figure_stacks_one_layer_per_user(sim: SimResult, drawn: 
     legend = ax.get_legend()
     assert legend is not None
     assert sorted(t.get_text() for t in legend.get_texts()) == ["user00", "user01", "user02"]
-    tops = [np.asarray(c.get_paths()[0].vertices[:, 1]) for c in layers]
+    tops = [np.asarray(c.get_paths()[0].vertices)[:, 1] for c in layers]
     assert max(float(t.max()) for t in tops) == pytest.approx(100.0)  # the stack reaches the full farm
     assert min(float(t.min()) for t in tops) >= 0
 
