@@ -85,8 +85,16 @@ class Farm:
         return proc
 
     def wait_connected(self, *names: str, timeout: float = 15.0) -> None:
-        """Wait until the workers ``names`` are connected."""
-        wait_until(lambda: all(n in self.server.gateway.by_name for n in names), timeout, f"workers {names}")
+        """Wait until the workers ``names`` are connected; fail at once, with its log, if one of them exited."""
+
+        def connected() -> bool:
+            for name in names:
+                proc = self.workers.get(name)
+                if proc is not None and proc.poll() is not None and name not in self.server.gateway.by_name:
+                    raise AssertionError(f"worker {name} exited with {proc.returncode}:\n{self.log_of(name)[-2000:]}")
+            return all(n in self.server.gateway.by_name for n in names)
+
+        wait_until(connected, timeout, f"workers {names}")
 
     def log_of(self, name: str) -> str:
         """What worker ``name`` logged so far."""
