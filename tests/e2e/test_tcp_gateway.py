@@ -266,8 +266,11 @@ def test_an_assignment_leaves_only_once_the_store_has_its_run(tmp_path: Path, mo
         held.acquire()
         try:
             server.http.api.submit(Actor("admin", True), [spec])  # (the lock is re-entrant: this commits)
+            # the run is not committed: the gateway holds its Assign (the event), and it has not reached the worker
+            gateway = server.handle.gateway
+            wait_until(lambda: gateway._held_for.get(worker_address("w1"), 0) > 0, 10, "the Assign to be held")
             with pytest.raises(TimeoutError):
-                raw.expect(Assign, timeout=1.0)  # the run is not committed: its Assign is held
+                raw.expect(Assign, timeout=0.1)
         finally:
             held.release()
         a = raw.expect(Assign, timeout=5.0)
