@@ -10,13 +10,20 @@ model, built from the specs and from the messages seen, checks after every deliv
 - no render holds more than its capacity, task slots or memory, nor more than the per-render caps, both in the
   solver's ledger and in an independent count from ``Assign``/``TaskFinished``; jobs and blocks stay within
   ``max_running_tasks``; tags and host masks hold for every ``Assign``;
-- each dispatch goes to a task eligible for the render, and under ``priority`` (``fifo``, ``fairshare``) no
-  eligible ready task of a job that ranks higher was known to the solver (a brute force over its state);
+- each dispatch goes to a task eligible for the render, and under every policy no eligible ready task that ranks
+  higher was known to the solver (a brute force over its state; fair share with each user's priority, weighted
+  with each user's weight and a decayed usage this model integrates itself from the ledger);
+- when the starvation guard starts keeping a render: the guard is on, the block has waited ``reserve_after_s``,
+  does not fit now but fits the render, and has no more renders kept than ready tasks;
 - at quiescence, the job's task states equal the model's, the solver's ready counts equal the jobs', and no render
-  with room is idle while an eligible ready task exists (work conservation; a render the starvation guard keeps
-  for a block that does not fit yet is the one exception);
+  with room is idle while an eligible ready task exists (work conservation; the one exception is a render the
+  guard keeps, with the guard on, for a block that has waited long enough and does not fit yet);
 - at the end: with no failures every task that can run is done exactly once (one ``done`` record, no other run);
   a task that always fails runs ``retries + 1`` times, ends in error, and nothing that depends on it starts.
+
+Contention scenarios (many small jobs, few renders) put the policy order to the test at nearly every dispatch.
+Fault scenarios lose and bring back renders; mixed scenarios add restarts, skips and deletes racing lost runs
+and finishes, and check that each run gets one record telling how the job ended it (a killed run is never done).
 """
 
 from __future__ import annotations
@@ -236,7 +243,8 @@ def contention_scenarios(draw: st.DrawFn, policy: str) -> Scenario:
         at += draw(st.sampled_from((0.0, 0.5, 1.0, 1.0, 2.5)))
         jobs.append((spec, draw(st.sampled_from(USERS)), at))
     return Scenario(
-        renders=renders, jobs=jobs, policy=policy, reserve_after_s=None, failure="none", probability=0.0,
+        renders=renders, jobs=jobs, policy=policy, reserve_after_s=draw(st.sampled_from((None, None, 2.0))),
+        failure="none", probability=0.0,
         always_fail=frozenset(), seed=draw(st.integers(0, 2**16)), user_settings=draw(user_settings_st()),
         half_life_s=draw(st.sampled_from((4.0, 10.0))),
     )
@@ -327,6 +335,16 @@ class World:
             original(entry, render, ctx, now)
 
         self.solver._dispatch = checked_dispatch  # type: ignore[method-assign]
+        original_hold = self.solver._hold
+
+        def checked_hold(render: RenderSlot, entry: BlockEntry | None) -> None:
+            fresh = entry is not None and render.held_for is not entry
+            original_hold(render, entry)
+            if fresh:
+                assert entry is not None
+                self.check_hold(render, entry)
+
+        self.solver._hold = checked_hold  # type: ignore[method-assign]
 
     # ---------------------------------------------------------------------------------------- setup
     def _duration(self, a: Assign) -> float:
@@ -431,6 +449,17 @@ class World:
             mine = [e for e in others if self.users[e.job.job_id] == user]
             key = min((-self.specs[e.job.job_id].priority, self.submitted[e.job.job_id], e.job.job_id) for e in mine)
             assert (-self.specs[job_id].priority, self.submitted[job_id], job_id) == key
+
+    def check_hold(self, render: RenderSlot, entry: BlockEntry) -> None:
+        """When the starvation guard starts keeping ``render`` for ``entry``: the guard is on, the block has waited
+        long enough, may run there but for size, does not fit now, and gets at most one render per ready task."""
+        after = self.solver.reserve_after_s
+        assert after is not None, (render.name, "a render kept with the guard off")
+        assert entry.blocked_since is not None and self.rt.now - entry.blocked_since >= after
+        assert entry.needs.capacity <= render.capacity and entry.needs.memory_mb <= render.memory
+        assert entry.needs.capacity > render.free_cap or entry.needs.memory_mb > render.free_mem
+        kept = sum(1 for r in self.solver.renders.values() if r.held_for is entry)
+        assert kept <= entry.effective_ready, (entry.job.job_id, entry.needs.block, kept, entry.effective_ready)
 
     def running_capacity(self) -> Counter[str]:
         """Each user's running capacity in the solver's ledger (what the fair policies weigh)."""
