@@ -707,7 +707,7 @@ def check(sc: Scenario) -> None:
 
 POLICIES = ("priority", "fifo", "fairshare", "weighted")
 FAILURES = ("none", "always", "random")
-POLICY_EXAMPLES = 120  # per policy, for the contention scenarios (cheap: no dependencies, no faults)
+POLICY_EXAMPLES = 200  # per policy, for the contention scenarios (cheap: no dependencies, no faults)
 
 
 @pytest.mark.parametrize("failure", FAILURES)
@@ -1140,7 +1140,7 @@ def check_actions_with_faults(mixed: MixedScenario) -> None:
             assert done and done[-1] == run_ids[-1], (key, run_ids, done)
 
 
-@settings(max_examples=120, derandomize=True, deadline=None, database=None,
+@settings(max_examples=200, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mixed_scenarios())
 def test_actions_on_lost_and_returning_renders_keep_runs_and_records_straight(mixed: MixedScenario) -> None:
