@@ -938,8 +938,11 @@ def check_with_actions(sc: Scenario, actions: list[Action]) -> None:
     solver = Solver(make_policy(sc.policy), reserve_after_s=sc.reserve_after_s)
     rt.spawn(REGISTRY, Registry())
     rt.spawn(SOLVER, solver)
-    rt.sink(EVENTS, lambda to, m: None)
+    records: list[RunRecord] = []
+    rt.sink(EVENTS, lambda to, m: records.append(m) if isinstance(m, RunRecord) else None)
     rt.sink("client", lambda to, m: None)
+    run_of: dict[int, tuple[int, str, str, int]] = {}  # run id -> job id, block name, task name, attempt
+    killed: set[int] = set()
     workers = {}
     for info in sc.renders:
         rt.spawn(render_address(info.name), RenderBehaviour(info.name, watch=False))
@@ -967,6 +970,12 @@ def check_with_actions(sc: Scenario, actions: list[Action]) -> None:
         for name, worker in workers.items():
             assert sum(a.capacity for a in worker.running.values()) <= infos[name].capacity
             assert len(worker.running) <= infos[name].max_tasks
+        if isinstance(m, Assign) and to.startswith("render/"):
+            assigned: JobBehaviour = rt.behaviour(job_address(m.job_id))
+            block_of = assigned.blocks[m.block]
+            run_of[m.run_id] = (m.job_id, block_of.spec.name, block_of.tasks[m.task].frames.name, m.attempt)
+        elif isinstance(m, KillRun) and to.startswith("render/"):
+            killed.add(m.run_id)
         if isinstance(m, Dispatch) and to in rt.behaviours:
             job: JobBehaviour = rt.behaviour(to)
             block = job.blocks[m.block]
@@ -993,11 +1002,21 @@ def check_with_actions(sc: Scenario, actions: list[Action]) -> None:
                     for b, block in enumerate(job.blocks):
                         assert job.dispatchable(block) == solver.jobs[job_id].blocks[b].effective_ready
         rt.fire_next_timer()
+        while (again := rt.next_timer()) is not None and again <= rt.now:
+            rt.fire_next_timer()  # timers due together race: an action and the finish of a run it stops
     assert solver.runs == {}
     for job_id in specs:
         job = rt.behaviour(job_address(job_id))
         check_job_bookkeeping(job)
         assert (job.state == "done") == (job.finished_tasks == job.total_tasks)
+    # every run gets one record; a run the job killed (restart, skip) is recorded killed, never done
+    by_run: dict[tuple[int, str, str, int], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        by_run[(r.job_id, r.block, r.task, r.attempt)].append(r)
+    assert set(by_run) == set(run_of.values())
+    for run_id, ident in run_of.items():
+        (record,) = by_run[ident]
+        assert record.state == "killed" if run_id in killed else record.state in ("done", "error"), (ident, record)
 
 
 @settings(max_examples=60, derandomize=True, deadline=None, database=None,
