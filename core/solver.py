@@ -452,10 +452,17 @@ class Solver(MessageRouter):
             self._held.pop(render.name, None)
 
     def _refill_stale_holds(self, ctx: Context) -> None:
-        """A render kept for a block that has left the index (dispatched elsewhere, paused, closed) is free for
-        the others again: fill it now rather than when one of its runs ends."""
-        stale = [r for r in self._held.values() if r.held_for is not None and r.held_for.item is None]
+        """A render kept for a block that has left the index (dispatched elsewhere, paused, closed), or one kept
+        beyond the block's ready tasks (its count dropped: the guard keeps at most one render per ready task), is
+        free for the others again: fill it now rather than when one of its runs ends."""
+        stale = [
+            r for r in self._held.values()
+            if r.held_for is not None and (r.held_for.item is None or r.held_for.holds > r.held_for.effective_ready)
+        ]
         for render in stale:
+            entry = render.held_for
+            if entry is None or (entry.item is not None and entry.holds <= entry.effective_ready):
+                continue  # released enough of its renders already
             self._hold(render, None)
             self._fill(render, ctx)
 

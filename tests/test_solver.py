@@ -452,3 +452,21 @@ def test_a_render_kept_for_a_block_that_started_elsewhere_is_filled_at_once() ->
     got = h.online("r2", capacity=4, max_tasks=4)
     assert where(got) == [(2, 0, "r2"), (1, 0, "r1")]
     assert r1.held_for is None and r1.free_cap == 0
+
+
+def test_the_guard_keeps_no_more_renders_for_a_block_than_it_has_ready_tasks() -> None:
+    h = Harness("priority", reserve_after_s=0.0)
+    h.open(2, needs(0), priority=10)
+    h.ready(2, 10)
+    small = h.online("r1", capacity=2, max_tasks=2) + h.online("r2", capacity=2, max_tasks=2)
+    h.open(1, needs(0, capacity=2), priority=200)
+    h.ready(1, 2)
+    by_render = {d.render: d for d in small}
+    for name in ("r1", "r2"):  # a small run ends on each: the big block ranks first and does not fit: kept
+        assert h.ended(by_render[name].id, 2) == []
+    r1, r2 = h.solver.renders["r1"], h.solver.renders["r2"]
+    assert r1.held_for is r2.held_for is not None and r1.held_for.holds == 2
+    # one of its tasks is no longer ready (skipped, say): one render is let go and filled with small work
+    got = h.ready(1, 1)
+    assert [d.job_id for d in got] == [2]
+    assert sum(r.held_for is not None for r in (r1, r2)) == 1
