@@ -28,6 +28,7 @@ and finishes, and check that each run gets one record telling how the job ended 
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 from collections import Counter, defaultdict
@@ -607,6 +608,12 @@ class World:
             assert held.effective_ready > 0
             assert held.needs.capacity <= render.capacity and held.needs.memory_mb <= render.memory
             assert held.needs.capacity > render.free_cap or held.needs.memory_mb > render.free_mem
+        # the guard keeps at most one render per ready task of the block (also after its count dropped)
+        kept = collections.Counter(id(r.held_for) for r in solver.renders.values() if r.held_for is not None)
+        for render in solver.renders.values():
+            if render.held_for is not None:
+                assert kept[id(render.held_for)] <= max(render.held_for.effective_ready, 0), (
+                    render.name, "more renders kept than ready tasks")
 
     def run(self) -> None:
         rt = self.rt
