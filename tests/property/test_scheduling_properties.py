@@ -810,24 +810,37 @@ def fault_scenarios(draw: st.DrawFn) -> FaultScenario:
     return FaultScenario(renders, jobs, faults, draw(st.sampled_from(POLICIES)), draw(st.integers(0, 2**16)))
 
 
+class FlakyFarm:
+    """A fault scenario's farm on a manual runtime: registry, solver, renders with flaky workers whose faults
+    are timed, the run records kept; its jobs are parsed, not yet submitted."""
+
+    def __init__(self, sc: FaultScenario) -> None:
+        self.rt = rt = ManualRuntime(seed=sc.seed)
+        self.solver = Solver(make_policy(sc.policy), reserve_after_s=None)
+        rt.spawn(REGISTRY, Registry())
+        rt.spawn(SOLVER, self.solver)
+        self.records: list[RunRecord] = []
+        rt.sink(EVENTS, lambda to, m: self.records.append(m) if isinstance(m, RunRecord) else None)
+        self.workers: dict[str, FlakyWorker] = {}
+        self.infos = {info.name: info for info in sc.renders}
+        for info in sc.renders:
+            rt.spawn(render_address(info.name), RenderBehaviour(info.name, heartbeat_s=1.0, zombie_s=3.0))
+            self.workers[info.name] = FlakyWorker(
+                info, lambda a: 2.0 + 3 * ((a.task + a.block + a.attempt) % 3), heartbeat=True
+            )
+            rt.spawn(worker_address(info.name), self.workers[info.name])
+            rt.send(worker_address(info.name), Tick(rt.next_id(), "hello"))
+        for i, (name, kind, at, down) in enumerate(sc.faults):
+            rt.set_timer(worker_address(name), ("fault", i), at, Tick(rt.next_id(), kind))
+            rt.set_timer(worker_address(name), ("back", i), at + down, Tick(rt.next_id(), "hello"))
+        self.specs = [parse_job(data) for data in sc.jobs]
+
+
 def check_with_faults(sc: FaultScenario) -> None:
-    rt = ManualRuntime(seed=sc.seed)
-    solver = Solver(make_policy(sc.policy), reserve_after_s=None)
-    rt.spawn(REGISTRY, Registry())
-    rt.spawn(SOLVER, solver)
-    records: list[RunRecord] = []
-    rt.sink(EVENTS, lambda to, m: records.append(m) if isinstance(m, RunRecord) else None)
-    workers: dict[str, FlakyWorker] = {}
-    infos = {info.name: info for info in sc.renders}
-    for info in sc.renders:
-        rt.spawn(render_address(info.name), RenderBehaviour(info.name, heartbeat_s=1.0, zombie_s=3.0))
-        workers[info.name] = FlakyWorker(info, lambda a: 2.0 + 3 * ((a.task + a.block + a.attempt) % 3), heartbeat=True)
-        rt.spawn(worker_address(info.name), workers[info.name])
-        rt.send(worker_address(info.name), Tick(rt.next_id(), "hello"))
-    for i, (name, kind, at, down) in enumerate(sc.faults):
-        rt.set_timer(worker_address(name), ("fault", i), at, Tick(rt.next_id(), kind))
-        rt.set_timer(worker_address(name), ("back", i), at + down, Tick(rt.next_id(), "hello"))
-    specs = [parse_job(data) for data in sc.jobs]
+    farm = FlakyFarm(sc)
+    rt, solver, records, workers, infos, specs = (
+        farm.rt, farm.solver, farm.records, farm.workers, farm.infos, farm.specs
+    )
     for spec in specs:
         rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann"))
     done: set[Key] = set()
@@ -1067,24 +1080,11 @@ def mixed_scenarios(draw: st.DrawFn) -> MixedScenario:
 
 def check_actions_with_faults(mixed: MixedScenario) -> None:
     sc = mixed.faults
-    rt = ManualRuntime(seed=sc.seed)
-    solver = Solver(make_policy(sc.policy), reserve_after_s=None)
-    rt.spawn(REGISTRY, Registry())
-    rt.spawn(SOLVER, solver)
-    records: list[RunRecord] = []
-    rt.sink(EVENTS, lambda to, m: records.append(m) if isinstance(m, RunRecord) else None)
+    farm = FlakyFarm(sc)
+    rt, solver, records, workers, infos, specs = (
+        farm.rt, farm.solver, farm.records, farm.workers, farm.infos, farm.specs
+    )
     rt.sink("client", lambda to, m: None)
-    workers: dict[str, FlakyWorker] = {}
-    infos = {info.name: info for info in sc.renders}
-    for info in sc.renders:
-        rt.spawn(render_address(info.name), RenderBehaviour(info.name, heartbeat_s=1.0, zombie_s=3.0))
-        workers[info.name] = FlakyWorker(info, lambda a: 2.0 + 3 * ((a.task + a.block + a.attempt) % 3), heartbeat=True)
-        rt.spawn(worker_address(info.name), workers[info.name])
-        rt.send(worker_address(info.name), Tick(rt.next_id(), "hello"))
-    for i, (name, kind, at, down) in enumerate(sc.faults):
-        rt.set_timer(worker_address(name), ("fault", i), at, Tick(rt.next_id(), kind))
-        rt.set_timer(worker_address(name), ("back", i), at + down, Tick(rt.next_id(), "hello"))
-    specs = [parse_job(data) for data in sc.jobs]
     for spec in specs:
         rt.send(REGISTRY, SubmitJob(rt.next_id(), spec, "ann", "client"))
     deleted: set[int] = set()
