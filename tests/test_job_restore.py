@@ -140,6 +140,16 @@ def restore(job: JobBehaviour, ctx: Recorder, *snaps: TaskSnapshot, reclaim_s: f
     job.handle(RestoreTasks(ctx.next_id(), JOB_ID, snaps, reclaim_s), ctx)
 
 
+def started_with_restored_run() -> tuple[JobBehaviour, Recorder]:
+    """A one-task job restored with its task running as run 77 on r1 (attempt 1), then started."""
+    job = make_job(block("a", last=1))
+    ctx = Recorder()
+    restore(job, ctx, TaskSnapshot(0, 0, "running", 1, run_id=77, render="r1", start_time=90.0))
+    job.handle(StartJob(1), ctx)
+    ctx.take()
+    return job, ctx
+
+
 def test_restore_brings_back_finished_tasks_and_releases_dependents_at_start() -> None:
     job = make_job(block("a", last=2), block("b", last=2, depends_on=["a"]), block("c", last=2,
                    depends_on_frames=["b"]))
@@ -195,11 +205,7 @@ def test_restored_running_task_is_reclaimed_by_its_worker() -> None:
 
 
 def test_only_the_render_a_run_was_assigned_to_may_reclaim_it() -> None:
-    job = make_job(block("a", last=1))
-    ctx = Recorder()
-    restore(job, ctx, TaskSnapshot(0, 0, "running", 1, run_id=77, render="r1", start_time=90.0))
-    job.handle(StartJob(1), ctx)
-    ctx.take()
+    job, ctx = started_with_restored_run()
     # another name reporting the run (an impostor with the farm token): its copy is stopped, its capacity given back
     job.handle(ReclaimRun(ctx.next_id(), RunningRun(77, JOB_ID, 0, 0, 1), "imp"), ctx)
     sent = list(ctx.sent)
@@ -221,11 +227,7 @@ def test_only_the_render_a_run_was_assigned_to_may_reclaim_it() -> None:
 
 def test_a_restored_run_that_ends_before_its_reclaim_timer_leaves_no_timer_behind() -> None:
     # a task that finished while the server was down: its worker reports the end on reconnection
-    job = make_job(block("a", last=1))
-    ctx = Recorder()
-    restore(job, ctx, TaskSnapshot(0, 0, "running", 1, run_id=77, render="r1", start_time=90.0))
-    job.handle(StartJob(1), ctx)
-    ctx.take()
+    job, ctx = started_with_restored_run()
     job.handle(TaskFinished(ctx.next_id(), 77, JOB_ID, 0, 0, 1, "r1", "done"), ctx)
     assert states(job) == ["done"] and job.unclaimed == set() and ("reclaim", 77) not in ctx.timers
     assert [m.run_id for m in ctx.take(RunEnded)] == [77]
@@ -235,11 +237,7 @@ def test_a_restored_run_that_ends_before_its_reclaim_timer_leaves_no_timer_behin
 
 
 def test_restored_running_task_not_reclaimed_in_time_is_requeued() -> None:
-    job = make_job(block("a", last=1))
-    ctx = Recorder()
-    restore(job, ctx, TaskSnapshot(0, 0, "running", 1, run_id=77, render="r1", start_time=90.0))
-    job.handle(StartJob(1), ctx)
-    ctx.take()
+    job, ctx = started_with_restored_run()
     at, wake = ctx.timers.pop(("reclaim", 77))
     ctx.now = at
     job.handle(wake, ctx)

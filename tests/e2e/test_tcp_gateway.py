@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from farm import TOKEN, Farm, wait_until
@@ -86,6 +88,18 @@ class RawWorker:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def real_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **config: Any) -> Iterator[FarmServer]:
+    """The production server (its store in ``tmp_path``, ephemeral ports, this file's farm token), stopped at the
+    end whatever happened; the sockets the test opened close with the server."""
+    monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
+    server = FarmServer(ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0, **config)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def farm(tmp_path: Path) -> Iterator[Farm]:
     f = Farm(tmp_path, heartbeat_s=0.5, zombie_s=10.0, max_frame=4096)
@@ -149,12 +163,10 @@ def test_another_worker_taking_a_live_workers_name_is_refused_and_the_live_one_k
 def test_worker_credentials_bind_a_name_replace_only_their_own_and_can_be_revoked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
-    server = FarmServer(ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0, shared_token=False)).start()
-    port = server.handle.port
-    assert server.http is not None
-    api, admin = server.http.api, Actor("admin", True)
-    try:
+    with real_server(tmp_path, monkeypatch, shared_token=False) as server:
+        port = server.handle.port
+        assert server.http is not None
+        api, admin = server.http.api, Actor("admin", True)
         own = api.add_worker(admin, {"name": "r1"})["token"]
         api.add_worker(admin, {"name": "r2"})
         # the shared farm token is off: it is refused like any unknown token
@@ -174,8 +186,6 @@ def test_worker_credentials_bind_a_name_replace_only_their_own_and_can_be_revoke
         second.close()
         with pytest.raises(AssertionError):
             RawWorker(port, "r1", token=own)
-    finally:
-        server.stop()
 
 
 def test_frames_over_the_limit_close_the_connection(farm: Farm) -> None:
@@ -254,11 +264,7 @@ def test_deeply_nested_msgpack_closes_only_that_connection_with_the_warning(
 
 def test_an_assignment_leaves_only_once_the_store_has_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Durable dispatch: a server killed right after an Assign left restarts knowing the run (reclaims it)."""
-    monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
-    config = ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0, heartbeat_s=0.5, zombie_s=10.0)
-    server = FarmServer(config).start()
-    raw: RawWorker | None = None
-    try:
+    with real_server(tmp_path, monkeypatch, heartbeat_s=0.5, zombie_s=10.0) as server:
         assert server.store is not None and server.http is not None
         raw = RawWorker(server.handle.port, "w1")
         spec = parse_job({"name": "j", "blocks": [{"name": "b", "command": "x", "frames": {"first": 1, "last": 1}}]})
@@ -279,10 +285,7 @@ def test_an_assignment_leaves_only_once_the_store_has_its_run(tmp_path: Path, mo
             row = db.execute("SELECT state, run_id, render FROM tasks WHERE job=? AND block=0 AND task=0",
                              (a.job_id,)).fetchone()
         assert row == ("running", a.run_id, "w1")
-    finally:
-        if raw is not None:
-            raw.close()
-        server.stop()
+        raw.close()
 
 
 def test_a_silent_connection_holds_no_name_against_a_new_one(tmp_path: Path) -> None:
@@ -301,9 +304,7 @@ def test_a_silent_connection_holds_no_name_against_a_new_one(tmp_path: Path) -> 
 def test_a_connection_with_a_credential_is_replaced_only_by_that_credential(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FARMHAND_TOKEN", TOKEN)
-    server = FarmServer(ServerConfig(db=tmp_path / "farm.db", port=0, http_port=0)).start()
-    try:
+    with real_server(tmp_path, monkeypatch) as server:
         assert server.http is not None
         own = server.http.api.add_worker(Actor("admin", True), {"name": "r1"})["token"]
         live = RawWorker(server.handle.port, "r1", token=own, instance="k" * 32)
@@ -313,8 +314,6 @@ def test_a_connection_with_a_credential_is_replaced_only_by_that_credential(
         assert server.handle.gateway.by_name["r1"].identity == "r1"
         other.close()
         live.close()
-    finally:
-        server.stop()
 
 
 class _Barrier:
