@@ -455,16 +455,11 @@ class Solver(MessageRouter):
         """A render kept for a block that has left the index (dispatched elsewhere, paused, closed), or one kept
         beyond the block's ready tasks (its count dropped: the guard keeps at most one render per ready task), is
         free for the others again: fill it now rather than when one of its runs ends."""
-        stale = [
-            r for r in self._held.values()
-            if r.held_for is not None and (r.held_for.item is None or r.held_for.holds > r.held_for.effective_ready)
-        ]
-        for render in stale:
+        for render in list(self._held.values()):  # (looked at in turn: each release changes what is stale)
             entry = render.held_for
-            if entry is None or (entry.item is not None and entry.holds <= entry.effective_ready):
-                continue  # released enough of its renders already
-            self._hold(render, None)
-            self._fill(render, ctx)
+            if entry is not None and (entry.item is None or entry.holds > entry.effective_ready):
+                self._hold(render, None)
+                self._fill(render, ctx)
 
     def _fill(self, render: RenderSlot, ctx: Context) -> None:
         """Dispatch to ``render`` until it is full or nothing eligible is left (then it is idle)."""

@@ -40,7 +40,7 @@ import logging
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from farmhand.core.messages import (
@@ -530,7 +530,7 @@ class Gateway:
         # their order, and other workers' frames go at once
         held_for = self._held_for
         hold: list[tuple[str, Message]] = []
-        now: deque[tuple[str, Message]] = deque()
+        now: list[tuple[str, Message]] = []
         for item in batch:
             to = item[0]
             if type(item[1]) is Assign or to in held_for:
@@ -575,13 +575,11 @@ class Gateway:
         if self._held:
             self._await_commit()
 
-    def _write_batch(self, batch: Iterable[tuple[str, Message]]) -> None:
+    def _write_batch(self, batch: Collection[tuple[str, Message]]) -> None:
         frames: dict[WorkerConnection, list[bytes]] = {}
         encode = self.codec.encode
         prefix = len(WORKER_PREFIX)
-        count = 0
         for to, msg in batch:
-            count += 1
             conn = self.by_name.get(to[prefix:])
             if conn is None or conn.state != _State.READY:
                 self.stats["undeliverable"] += 1
@@ -592,7 +590,7 @@ class Gateway:
                 self._unsendable(conn, msg, exc.reason)
                 continue
             frames.setdefault(conn, []).append(frame)
-        self.stats["frames_out"] += count
+        self.stats["frames_out"] += len(batch)
         for conn, chunks in frames.items():
             conn.write_bytes(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
