@@ -12,8 +12,9 @@ outside it. Checks:
   regression floor, ``GATE_RATIO``: 0.05 in short mode, where 0.065-0.079 is measured, and 0.04 in full mode,
   where 0.050-0.073 is: the baseline gains more from the larger scenario than the simulation does, so the
   full scenario's ratio is lower; either floor fails a regression of about a quarter). The ratio compares CPU
-  seconds of the two loops (the baseline's best of three runs around the simulation), so that other load on the
-  machine during the long simulation does not skew it; the wall-clock ratio is reported too;
+  seconds of the two loops (the baseline's best of three runs around the simulation, the simulation's best of
+  three in short mode), so that other load on the machine does not skew it; the wall-clock ratio is reported
+  too;
 - (full scenario only) task runs per wall-clock second (target >= 30,000, reported);
 - peak memory under 1 GiB: the peak resident set (``VmHWM`` on Linux) of a fresh Python process that generates the
   workload and runs the simulation and nothing else (``python bench/test_bench_sim.py --memory``; the pytest
@@ -51,6 +52,9 @@ TARGET_RATIO = 0.1  # issue target: speed relative to the bare SimPy baseline
 # The gate guards against regressions at the level reached so far (short scenario 0.065-0.079, full 0.050-0.073);
 # the targets above are reported beside it (``target_met``): see the README's performance section.
 GATE_RATIO = 0.05 if SHORT else 0.04
+#: simulations of the scenario measured, the best counting (the short one lasts a fifth of a second: once, inside
+#: the suite, it measured anywhere from 0.050 to 0.075 of the baseline)
+SIM_RUNS = 3 if SHORT else 1
 MAX_PEAK_BYTES = 1 << 30
 
 
@@ -105,8 +109,8 @@ def memory_in_subprocess() -> dict[str, float]:
 
 
 def measure(simulate: Any = None) -> dict[str, Any]:
-    """Run the scenario once (through ``simulate``, which calls what it is given) and the baseline three times
-    (its best counts); every figure of the benchmark but memory."""
+    """Run the scenario ``SIM_RUNS`` times (the first through ``simulate``, which calls what it is given) and the
+    baseline three times (the best of each counts); every figure of the benchmark but memory."""
     started = time.perf_counter()
     workload = generate(GeneratorOptions(jobs=JOBS, tasks=TASKS, renders=RENDERS), seed=0)
     generated = time.perf_counter() - started
@@ -114,6 +118,10 @@ def measure(simulate: Any = None) -> dict[str, Any]:
     slots = sum(r.max_tasks for r in workload.renders or ())
     baselines = [run_fifo(arrivals, slots)]
     result = (simulate or (lambda fn: fn()))(lambda: run_sim(workload, make_policy(POLICY), seed=0))
+    for _ in range(SIM_RUNS - 1):  # the best of several, as for the baseline: one short run is at a pause's mercy
+        again = run_sim(workload, make_policy(POLICY), seed=0)
+        if again.timings["run_cpu_s"] < result.timings["run_cpu_s"]:
+            result = again
     baselines += [run_fifo(arrivals, slots) for _ in range(2)]
     runs = result.summary["task_runs"]
     t = result.timings
